@@ -1,0 +1,26 @@
+# make run  - install requirements.txt into .venv and start the service (honcho)
+# make test - install requirements-dev.txt into .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+
+.PHONY: run test lint
+
+$(VENV)/.run-deps: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.run-deps
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# The API is the first Procfile entry, so honcho gives it PORT itself.
+run: $(VENV)/.run-deps
+	PATH="$(BIN):$$PATH" exec $(BIN)/honcho start -f Procfile -p "$${PORT:-8000}"
+
+test: $(VENV)/.dev-deps
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check

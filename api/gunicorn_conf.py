@@ -1,0 +1,41 @@
+"""gunicorn settings for the API, from environment variables (README, "Configuration").
+
+Run: ``gunicorn -c api/gunicorn_conf.py 'api.app:create_app()'``.
+"""
+
+from sharding import config as _config
+from sharding import logs as _logs
+
+_settings = _config.load()
+
+# IPv6 literals need brackets in a bind address.
+_host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
+bind = [f"{_host}:{_settings.port}"]
+workers = _settings.api_workers
+worker_class = "gthread"
+threads = _settings.api_threads
+# Slow or stuck clients: gthread closes idle keep-alive connections after
+# keepalive seconds; a request must be handled within timeout seconds.
+keepalive = 5
+timeout = 30
+graceful_timeout = max(1, int(_settings.shutdown_seconds))
+# Request line and header limits (gunicorn defaults made explicit).
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+proc_name = "timer-api"
+# Several services may share a host: no per-user control socket.
+control_socket_disable = True
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": _logs.formatter}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+    },
+}

@@ -1,0 +1,122 @@
+"""Configuration read from environment variables (12-factor).
+
+Every setting is optional; the defaults are those of the contract
+(``shared/CONTRACT.md`` section 1) and the README's configuration table.
+"""
+
+import dataclasses
+import os
+
+SERVICE_NAME = "timer-service"
+VERSION = "0.1.0"
+
+# Socket paths are limited to 107 bytes by sockaddr_un (unix(7)).
+_MAX_UNIX_PATH = 100
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _int_env(name, default, minimum, maximum=None):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ConfigError(f"{name}={value} must be {bounds}")
+    return value
+
+
+def _float_env(name, default, minimum):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All settings of one process.
+
+    Times are in seconds unless the name says otherwise.
+    """
+
+    host: str
+    port: int
+    redis_url: str | None
+    data_dir: str
+    shards: int
+    workers_per_shard: int
+    consumer_threads: int
+    api_workers: int
+    api_threads: int
+    max_delay_seconds: int
+    webhook_timeout_seconds: float
+    webhook_max_attempts: int
+    scheduler_tick_seconds: float
+    recovery_interval_seconds: float
+    recovery_grace_seconds: float
+    shutdown_seconds: float
+
+    @property
+    def lease_ms(self):
+        """Lease on a claimed timer in milliseconds: the webhook timeout plus margin."""
+        return int((self.webhook_timeout_seconds + 5) * 1000)
+
+    def effective_redis_url(self):
+        """The Redis URL every process connects to.
+
+        Returns ``REDIS_URL`` when set, else the unix socket of the embedded
+        Redis in ``TIMER_DATA_DIR`` (shortened to a relative path when the
+        absolute one would exceed the socket path limit).
+        """
+        if self.redis_url:
+            return self.redis_url
+        path = embedded_socket_path(self.data_dir)
+        if len(path) > _MAX_UNIX_PATH:
+            path = os.path.relpath(path)
+        return f"unix://{path}"
+
+
+def embedded_socket_path(data_dir):
+    """Absolute path of the embedded Redis unix socket inside ``data_dir``."""
+    return os.path.join(os.path.abspath(data_dir), "redis.sock")
+
+
+def load():
+    """Read the settings from ``os.environ``.
+
+    Returns:
+        Settings.
+    Raises:
+        ConfigError: a variable is set to a value outside its documented range.
+    """
+    return Settings(
+        host=os.environ.get("HOST", "").strip() or "127.0.0.1",
+        port=_int_env("PORT", 8000, 1, 65535),
+        redis_url=os.environ.get("REDIS_URL", "").strip() or None,
+        data_dir=os.environ.get("TIMER_DATA_DIR", "").strip() or "./var",
+        shards=_int_env("TIMER_SHARDS", 4, 1, 999),
+        workers_per_shard=_int_env("TIMER_WORKERS_PER_SHARD", 2, 1),
+        consumer_threads=_int_env("TIMER_CONSUMER_THREADS", 8, 1),
+        api_workers=_int_env("TIMER_API_WORKERS", 2, 1),
+        api_threads=_int_env("TIMER_API_THREADS", 4, 1),
+        max_delay_seconds=_int_env("TIMER_MAX_DELAY_SECONDS", 31_536_000, 0),
+        webhook_timeout_seconds=_float_env("TIMER_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1),
+        webhook_max_attempts=_int_env("TIMER_WEBHOOK_MAX_ATTEMPTS", 10, 1),
+        scheduler_tick_seconds=_float_env("TIMER_SCHEDULER_TICK_SECONDS", 0.1, 0.01),
+        recovery_interval_seconds=_float_env("TIMER_RECOVERY_INTERVAL_SECONDS", 5.0, 0.1),
+        recovery_grace_seconds=_float_env("TIMER_RECOVERY_GRACE_SECONDS", 10.0, 0.0),
+        shutdown_seconds=_float_env("TIMER_SHUTDOWN_SECONDS", 3.0, 0.0),
+    )

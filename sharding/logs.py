@@ -1,0 +1,45 @@
+"""Structured logging: one JSON object per line on stderr.
+
+Built on python-json-logger; every process calls :func:`setup` once.
+"""
+
+import logging
+import os
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+
+
+def formatter():
+    """The JSON formatter shared by our processes and gunicorn's loggers."""
+    return JsonFormatter(
+        LOG_FORMAT,
+        rename_fields={"asctime": "ts", "levelname": "level", "name": "logger", "process": "pid"},
+    )
+
+
+def setup(component):
+    """Send every log record of this process to stderr as JSON.
+
+    Args:
+        component: short name of the process type (``api``, ``consumer`` ...),
+            added to every line as ``component``.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter())
+    handler.addFilter(_ComponentFilter(component))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("TIMER_LOG_LEVEL", "INFO").upper())
+
+
+class _ComponentFilter(logging.Filter):
+    def __init__(self, component):
+        super().__init__()
+        self.component = component
+
+    def filter(self, record):
+        record.component = self.component
+        return True

@@ -1,0 +1,119 @@
+"""One Huey queue per shard, and the message format on it.
+
+A shard ``i`` is the Huey queue ``timers-i``. Its Redis keys carry the hash
+tag ``{timers-i}`` (Huey storage name), so that the queue, the schedule and
+the shard's timer records can live in one Redis Cluster slot and one Lua
+script may touch them together.
+
+A message carries only a timer id, as JSON: ``{"timer": 123}``. It is the
+same bytes every time for the same timer, so putting a timer on a schedule
+twice leaves one entry (a sorted-set member), and recovery can tell which
+timers a queue holds without unpickling anything.
+"""
+
+import calendar
+import json
+
+from huey import RedisHuey
+from huey.registry import Message
+from huey.serializer import Serializer
+from huey.storage import RedisStorage
+
+
+def queue_name(index):
+    """Logical name of shard ``index``'s queue: ``timers-<index>``."""
+    return f"timers-{index}"
+
+
+def storage_name(index):
+    """Huey storage name of shard ``index``: its queue name as a Redis Cluster hash tag."""
+    return "{" + queue_name(index) + "}"
+
+
+def message_for(timer_id):
+    """The queue message for ``timer_id`` (bytes, deterministic)."""
+    return b'{"timer":%d}' % timer_id
+
+
+def timer_of(message):
+    """The timer id in a queue message.
+
+    Args:
+        message: bytes as stored in a Huey queue or schedule.
+    Returns:
+        int timer id.
+    Raises:
+        ValueError: the message is not of the form ``{"timer": <positive int>}``.
+    """
+    data = json.loads(message)
+    if not isinstance(data, dict) or set(data) != {"timer"}:
+        raise ValueError("queue message must be an object with only 'timer'")
+    timer_id = data["timer"]
+    if type(timer_id) is not int or timer_id < 1:
+        raise ValueError("'timer' must be a positive integer")
+    return timer_id
+
+
+class TimerMessageSerializer(Serializer):
+    """Huey serializer for timer messages: JSON holding one timer id, never pickle.
+
+    Pickle would let anyone who can write to Redis run code in every consumer
+    (Huey docs, "Serialization"); this format carries data only.
+    ``task_name`` is the Huey registry name messages are dispatched to; it is
+    set by :meth:`bind` in the consumer and unused by producers.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.task_name = None
+
+    def bind(self, task_wrapper):
+        """Dispatch every message to ``task_wrapper`` (a ``huey.api.TaskWrapper``)."""
+        self.task_name = task_wrapper.huey._registry.task_to_string(task_wrapper.task_class)
+
+    def serialize(self, data):
+        """Encode a Huey ``Message`` whose only argument is a timer id."""
+        if len(data.args) != 1 or data.kwargs:
+            raise ValueError("a timer message carries exactly one timer id")
+        return message_for(int(data.args[0]))
+
+    def deserialize(self, data):
+        """Decode bytes into a Huey ``Message`` for the bound task.
+
+        Raises:
+            ValueError: malformed message (Huey logs and drops it).
+        """
+        timer_id = timer_of(data)
+        return Message(id=f"timer-{timer_id}", name=self.task_name, retries=0,
+                       retry_delay=0, args=(timer_id,), kwargs={})
+
+
+class TimerQueueStorage(RedisStorage):
+    """Huey's Redis storage with schedule scores in true Unix epoch seconds.
+
+    Huey converts its naive UTC datetimes with ``time.mktime``, which reads
+    them as local time; scores written by our Lua scripts are epoch seconds
+    from the Redis clock, so both sides must use ``calendar.timegm``.
+    """
+
+    def convert_ts(self, ts):
+        """Naive UTC ``datetime`` → epoch seconds (float)."""
+        return calendar.timegm(ts.utctimetuple()) + ts.microsecond / 1e6
+
+
+def make_huey(index, connection_pool):
+    """The Huey instance of shard ``index`` on ``connection_pool`` (a redis-py pool).
+
+    Results are not stored: the timer record is the only state.
+    """
+    return RedisHuey(
+        storage_name(index),
+        results=False,
+        utc=True,
+        serializer=TimerMessageSerializer(),
+        storage_class=TimerQueueStorage,
+        connection_pool=connection_pool,
+        clean_name=False,
+        blocking=True,
+        read_timeout=1,
+    )

@@ -1,0 +1,154 @@
+"""Sending one webhook delivery attempt with ``requests``, and what to do next.
+
+Rules (``shared/CONTRACT.md`` section 5): ``POST <url>/<id>`` with an empty
+body; any 2xx is success; connection errors, timeouts, 408, 429 and 5xx are
+retried with exponential backoff and full jitter, honouring ``Retry-After``
+(RFC 9110 section 10.2.3); other 4xx and every 3xx fail at once (redirects are
+never followed).
+"""
+
+import dataclasses
+import email.utils
+import errno
+import random
+import threading
+import time
+import urllib.parse
+
+import requests
+
+from sharding.config import SERVICE_NAME, VERSION
+
+USER_AGENT = f"{SERVICE_NAME}/{VERSION}"
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 3600.0
+RETRYABLE_STATUS = frozenset({408, 429})
+
+
+def webhook_url(base, timer_id):
+    """``base`` with the timer id appended as one more path segment.
+
+    ``https://x.test/hook`` and ``https://x.test/hook/`` → ``https://x.test/hook/7``;
+    ``https://x.test/h?a=1`` → ``https://x.test/h/7?a=1`` (query kept, fragment dropped).
+    """
+    parts = urllib.parse.urlsplit(base)
+    path = parts.path.rstrip("/") + "/" + str(timer_id)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def backoff_s(attempt, rng=random.random):
+    """Delay in seconds before the attempt after attempt number ``attempt`` (1-based).
+
+    Exponential backoff with full jitter (AWS Architecture Blog, "Exponential
+    Backoff and Jitter"): uniform in [0, min(cap, base * 2**(attempt-1))],
+    base 1 s, cap 1 h.
+    """
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt - 1, 32))
+    return ceiling * rng()
+
+
+def parse_retry_after(value, now_s=None):
+    """Seconds to wait from a ``Retry-After`` header value (RFC 9110 section 10.2.3).
+
+    Args:
+        value: ``"120"`` (delay-seconds) or an HTTP-date, or None.
+        now_s: current epoch seconds, for HTTP-dates (default: ``time.time()``).
+    Returns:
+        float seconds, at least 0 and at most 1 h; None when absent or unparsable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now_s is None else now_s)
+    return min(max(seconds, 0.0), BACKOFF_CAP_S)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Result of one delivery attempt.
+
+    ``kind``: ``ok`` (2xx), ``retry`` (retryable failure) or ``fail`` (permanent).
+    ``error``: short text for the timer's ``last_error`` (empty on success).
+    ``retry_after_s``: the receiver's ``Retry-After`` in seconds, if it sent one.
+    """
+
+    kind: str
+    error: str = ""
+    retry_after_s: float | None = None
+
+
+def classify(status, retry_after=None):
+    """The :class:`Outcome` of an HTTP response status code."""
+    if 200 <= status < 300:
+        return Outcome("ok")
+    error = f"HTTP {status}"
+    if 300 <= status < 400:
+        return Outcome("fail", f"{error} (redirects are not followed)")
+    if status in RETRYABLE_STATUS or status >= 500:
+        return Outcome("retry", error, parse_retry_after(retry_after))
+    return Outcome("fail", error)
+
+
+def _describe(exc):
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timeout"
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        cause = cause.__context__ or cause.__cause__
+    if "refused" in str(exc).lower():
+        return "connection refused"
+    return f"connection error: {type(exc).__name__}"
+
+
+class Sender:
+    """Sends webhook attempts; one ``requests.Session`` per thread (connection reuse).
+
+    Args:
+        timeout_s: per-attempt timeout in seconds (connect and read).
+    """
+
+    def __init__(self, timeout_s):
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            # No proxies or .netrc from the environment: a webhook goes
+            # straight to the address its client gave.
+            session.trust_env = False
+            self._local.session = session
+        return session
+
+    def send(self, base_url, timer_id):
+        """POST an empty body to ``webhook_url(base_url, timer_id)``.
+
+        Returns:
+            :class:`Outcome`. Never raises for network or HTTP errors.
+        """
+        headers = {
+            "webhook-id": str(timer_id),
+            "webhook-timestamp": str(int(time.time())),
+            "User-Agent": USER_AGENT,
+        }
+        try:
+            response = self._session().post(
+                webhook_url(base_url, timer_id), data=b"", headers=headers,
+                timeout=self.timeout_s, allow_redirects=False)
+        except requests.exceptions.InvalidURL as exc:
+            return Outcome("fail", f"invalid url: {exc}")
+        except requests.exceptions.RequestException as exc:
+            return Outcome("retry", _describe(exc))
+        return classify(response.status_code, response.headers.get("Retry-After"))

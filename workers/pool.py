@@ -1,0 +1,73 @@
+"""The consumer pool supervisor: one process that keeps every consumer alive.
+
+Run: ``python -m workers.pool`` (the Procfile's ``workers`` process). It starts
+``TIMER_WORKERS_PER_SHARD`` consumers (``workers.consumer``) for each of the
+``TIMER_SHARDS`` shards and restarts any that exits, so ``kill -9`` of one
+consumer neither stops honcho (which ends every process when one exits) nor
+leaves a shard without consumers. SIGTERM or SIGINT is passed on to every
+consumer, which finish in-flight deliveries within ``TIMER_SHUTDOWN_SECONDS``;
+stragglers are killed after one more second.
+"""
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from sharding import config, logs
+
+log = logging.getLogger("workers.pool")
+
+RESTART_DELAY_S = 0.5
+
+
+class Member:
+    """One consumer process of the pool (shard ``shard``, slot ``slot``)."""
+
+    def __init__(self, shard, slot):
+        self.shard = shard
+        self.slot = slot
+        self.process = None
+
+    def start(self):
+        """Start (or restart) the consumer process."""
+        self.process = subprocess.Popen([sys.executable, "-m", "workers.consumer", str(self.shard)])
+        log.info("consumer started", extra={"shard": self.shard, "slot": self.slot,
+                                             "consumer_pid": self.process.pid})
+
+
+def main():
+    """Entry point: supervise consumers until SIGTERM/SIGINT, then stop them."""
+    logs.setup("pool")
+    settings = config.load()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    members = [Member(shard, slot) for shard in range(settings.shards)
+               for slot in range(settings.workers_per_shard)]
+    for member in members:
+        member.start()
+    while not stop.wait(RESTART_DELAY_S):
+        for member in members:
+            code = member.process.poll()
+            if code is not None and not stop.is_set():
+                log.warning("consumer exited, restarting", extra={
+                    "shard": member.shard, "slot": member.slot, "returncode": code})
+                member.start()
+    for member in members:
+        if member.process.poll() is None:
+            member.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + settings.shutdown_seconds + 1
+    for member in members:
+        try:
+            member.process.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            member.process.kill()
+            member.process.wait()
+    log.info("pool stopped")
+
+
+if __name__ == "__main__":
+    main()

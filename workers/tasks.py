@@ -1,0 +1,67 @@
+"""The Huey task that fires one timer: claim, deliver, record.
+
+The timer record is the source of truth; the queue message only says which
+timer to look at. A claim (scheduled/retrying → firing, with a lease) is
+atomic, so two consumers never send the same attempt, and a message that
+arrives for a timer already fired, failed or cancelled does nothing.
+"""
+
+import logging
+
+from workers.delivery import backoff_s
+
+log = logging.getLogger("workers.tasks")
+
+
+def fire_timer(timer_id, store, sender, settings, queue_shard):
+    """Run one delivery attempt of ``timer_id`` if it is due and unclaimed.
+
+    Args:
+        store: ``sharding.store.TimerStore``.
+        sender: ``workers.delivery.Sender``.
+        settings: ``sharding.config.Settings``.
+        queue_shard: index of the shard whose queue delivered the message;
+            retries and early wake-ups go back on it.
+    Returns:
+        the status the timer was left in (``fired``, ``retrying``, ``failed``),
+        or the reason nothing was sent (``early``, ``fired``, ``missing`` ...).
+    Raises:
+        redis.exceptions.RedisError: Redis unreachable; recovery redelivers.
+    """
+    claim = store.claim(timer_id, settings.lease_ms)
+    if claim.status == "early":
+        store.schedule(timer_id, queue_shard, claim.due_ms / 1000)
+        return "early"
+    if claim.status != "firing":
+        log.info("timer not claimable", extra={"timer_id": timer_id, "status": claim.status})
+        return claim.status
+    lateness_s = (claim.now_ms - claim.fire_at_ms) / 1000
+    outcome = sender.send(claim.url, timer_id)
+    if outcome.kind == "ok":
+        status, delay_s = "fired", 0.0
+    elif outcome.kind == "retry" and claim.attempt < settings.webhook_max_attempts:
+        status = "retrying"
+        delay_s = outcome.retry_after_s
+        if delay_s is None:
+            delay_s = backoff_s(claim.attempt)
+    else:
+        status, delay_s = "failed", 0.0
+    applied, next_ms = store.finish(timer_id, claim.attempt, status, outcome.error, delay_s * 1000)
+    log.info("delivery attempt", extra={
+        "timer_id": timer_id, "attempt": claim.attempt, "outcome": outcome.kind,
+        "status": status, "error": outcome.error, "lateness_s": round(lateness_s, 3),
+        "applied": applied})
+    if applied and status == "retrying":
+        store.schedule(timer_id, queue_shard, next_ms / 1000)
+    return status
+
+
+def register(huey, store, sender, settings, queue_shard):
+    """Register the ``fire`` task on ``huey`` (one shard's Huey) and bind its messages to it."""
+
+    def fire(timer_id):
+        return fire_timer(timer_id, store, sender, settings, queue_shard)
+
+    task = huey.task(name="fire")(fire)
+    huey.serializer.bind(task)
+    return task
