@@ -1,0 +1,59 @@
+"""A small webhook receiver: logs every delivery as one JSON line and answers 200.
+
+Run: ``.venv/bin/python -m bench.receiver --port 9000`` (add ``--status 503`` to
+watch retries). Used by the README walkthrough and by the benchmarks.
+"""
+
+import argparse
+import http.server
+import logging
+import time
+
+from sharding import logs
+
+log = logging.getLogger("receiver")
+
+
+def make_handler(status):
+    """A request handler class answering every POST with ``status``."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            timestamp = self.headers.get("webhook-timestamp")
+            log.info("webhook received", extra={
+                "path": self.path, "webhook_id": self.headers.get("webhook-id"),
+                "webhook_timestamp": timestamp, "user_agent": self.headers.get("User-Agent"),
+                "received_at": round(time.time(), 3)})
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def main(argv=None):
+    """Entry point: ``python -m bench.receiver [--host H] [--port P] [--status S]``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--status", type=int, default=200, help="HTTP status to answer with")
+    args = parser.parse_args(argv)
+    logs.setup("receiver")
+    server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(args.status))
+    server.daemon_threads = True
+    log.info("receiver listening", extra={"url": f"http://{args.host}:{args.port}"})
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
