@@ -56,3 +56,20 @@ def make_service(redis_client, redis_server, receiver, tmp_path):
 def service(make_service):
     """The whole service (API, consumer pool, coordinator) started with defaults."""
     return make_service().start()
+
+
+_FIGURES = []
+
+
+@pytest.fixture(scope="session")
+def figures():
+    """A list of text lines that the run prints at its end (benchmark-like figures)."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the figures tests recorded, e.g. the chaos test's counts."""
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

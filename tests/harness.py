@@ -91,7 +91,8 @@ class Receiver:
     """A webhook receiver on 127.0.0.1 that records every request it gets.
 
     ``script(path, [(status, headers, delay_s), ...])`` sets the answers for
-    successive requests to ``path`` (the last one repeats); default 200.
+    successive requests to ``path`` or to ``path/<anything>`` (the last one
+    repeats); default 200.
     Each recorded request is a dict: ``path``, ``headers`` (lower-case keys),
     ``body`` (bytes), ``at`` (epoch seconds when it arrived).
     """
@@ -131,8 +132,10 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _answer(self, path):
+        path = path.split("?")[0]
         with self._lock:
-            script = self._scripts.get(path.split("?")[0])
+            # A script for "/slow" also answers "/slow/<id>".
+            script = self._scripts.get(path) or self._scripts.get(path.rsplit("/", 1)[0])
             if not script:
                 return 200, {}, 0
             return script.pop(0) if len(script) > 1 else script[0]
@@ -180,7 +183,8 @@ class Service:
         self.log_dir = log_dir
         self.env = dict(os.environ, REDIS_URL=redis_url, PORT=str(self.port), HOST="127.0.0.1",
                         TIMER_API_WORKERS="2", TIMER_RECOVERY_INTERVAL_SECONDS="1",
-                        PYTHONPATH=ROOT, **(env or {}))
+                        PYTHONPATH=ROOT)
+        self.env.update(env or {})
         self.processes = {}
 
     def start(self, *names):

@@ -66,6 +66,8 @@ def main(argv=None):
         periodic=False,
         check_worker_health=True,
         health_check_interval=1,
+        # After a Redis outage, poll again within a second (Huey's default: 10 s).
+        max_delay=1.0,
         graceful_signal="TERM",
         shutdown_timeout=settings.shutdown_seconds,
     )
