@@ -18,31 +18,26 @@ class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-def _int_env(name, default, minimum, maximum=None):
+def _number_env(name, default, minimum, maximum=None, kind=int):
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        raise ConfigError(f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}") from None
     if value < minimum or (maximum is not None and value > maximum):
         bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
         raise ConfigError(f"{name}={value} must be {bounds}")
     return value
 
 
+def _int_env(name, default, minimum, maximum=None):
+    return _number_env(name, default, minimum, maximum)
+
+
 def _float_env(name, default, minimum):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
+    return _number_env(name, default, minimum, kind=float)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,13 +11,11 @@ Run: ``python -m sharding.coordinator``.
 """
 
 import logging
-import signal
-import threading
 import time
 
 import redis
 
-from sharding import config, logs
+from sharding import process
 from sharding.balancer import LeastBusy
 from sharding.recovery import recover
 from sharding.store import TimerStore
@@ -74,13 +72,9 @@ def run_pass(store, balancer, settings, full):
 
 def main():
     """Entry point: full pass at startup, then bounded passes until SIGTERM/SIGINT."""
-    logs.setup("coordinator")
-    settings = config.load()
+    settings, stop = process.start("coordinator")
     store = TimerStore(settings.effective_redis_url())
     balancer = LeastBusy(store.depths, settings.shards)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     if not wait_for_redis(store, stop):
         return
     store.register_shards(settings.shards)

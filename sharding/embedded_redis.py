@@ -20,12 +20,11 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import redis
 
-from sharding import config, logs
+from sharding import config, process
 
 log = logging.getLogger("sharding.embedded_redis")
 
@@ -86,11 +85,7 @@ def _drain(url, deadline):
 
 def main():
     """Entry point: run Redis in the foreground until SIGTERM/SIGINT."""
-    logs.setup("redis")
-    settings = config.load()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    settings, stop = process.start("redis")
     if settings.redis_url:
         log.info("REDIS_URL is set; not starting an embedded Redis")
         stop.wait()

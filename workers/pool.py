@@ -13,10 +13,9 @@ import logging
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-from sharding import config, logs
+from sharding import process
 
 log = logging.getLogger("workers.pool")
 
@@ -40,11 +39,7 @@ class Member:
 
 def main():
     """Entry point: supervise consumers until SIGTERM/SIGINT, then stop them."""
-    logs.setup("pool")
-    settings = config.load()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    settings, stop = process.start("pool")
     members = [Member(shard, slot) for shard in range(settings.shards)
                for slot in range(settings.workers_per_shard)]
     for member in members:
