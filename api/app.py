@@ -92,7 +92,10 @@ def read_json_body(req):
         description=f"the body must be at most {MAX_BODY_BYTES} bytes")
     if (req.content_length or 0) > MAX_BODY_BYTES:
         raise too_large
-    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    # Without Content-Length (chunked), Falcon's bounded_stream reads nothing;
+    # gunicorn decodes the chunks on the raw stream, which ends at the body's end.
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    raw = stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise too_large
     return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))

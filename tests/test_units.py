@@ -1,0 +1,418 @@
+"""Unit tests of pure logic (no Redis, no HTTP): webhook URLs, outcomes, backoff,
+Retry-After, time_left, RFC 3339 text, least-busy choice, queue messages,
+create-body validation and the home shard of an id."""
+
+import calendar
+import email.utils
+import itertools
+
+import falcon
+import pytest
+
+from api.app import rfc3339_ms, time_left_s
+from api.validation import MAX_URL_LENGTH, FieldError, parse_create
+from sharding.balancer import LeastBusy
+from sharding.queues import message_for, timer_of
+from sharding.store import home_shard
+from workers.delivery import backoff_s, classify, parse_retry_after, webhook_url
+
+MAX_DELAY = 31_536_000
+
+
+# --- workers.delivery.webhook_url (contract section 5) ---------------------------------------------
+
+@pytest.mark.parametrize(("base", "expected"), [
+    ("https://x.test/hook", "https://x.test/hook/7"),
+    ("https://x.test/hook/", "https://x.test/hook/7"),
+    ("https://x.test/h?a=1", "https://x.test/h/7?a=1"),
+])
+def test_webhook_url_contract_cases(base, expected):
+    assert webhook_url(base, 7) == expected
+
+
+def test_webhook_url_host_only_and_multiple_query_params():
+    assert webhook_url("http://x.test", 42) == "http://x.test/42"
+    assert webhook_url("http://x.test/", 42) == "http://x.test/42"
+    assert webhook_url("http://x.test:8080/a/b/?a=1&b=2", 42) == "http://x.test:8080/a/b/42?a=1&b=2"
+
+
+# --- workers.delivery.classify ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_classify_2xx_is_ok(status):
+    outcome = classify(status)
+    assert outcome.kind == "ok"
+    assert outcome.error == ""
+    assert outcome.retry_after_s is None
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
+def test_classify_3xx_fails_without_retry(status):
+    outcome = classify(status)
+    assert outcome.kind == "fail"
+    assert outcome.error.startswith(f"HTTP {status}")
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 410, 422])
+def test_classify_other_4xx_fails(status):
+    outcome = classify(status)
+    assert outcome.kind == "fail"
+    assert outcome.error == f"HTTP {status}"
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
+def test_classify_retryable(status):
+    outcome = classify(status)
+    assert outcome.kind == "retry"
+    assert outcome.error == f"HTTP {status}"
+    assert outcome.retry_after_s is None
+
+
+def test_classify_retry_honours_retry_after():
+    assert classify(503, "120").retry_after_s == 120.0
+    assert classify(429, "7").retry_after_s == 7.0
+    assert classify(503, "garbage").retry_after_s is None
+
+
+# --- workers.delivery.backoff_s ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("attempt", "ceiling"), [
+    (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0), (10, 512.0), (12, 2048.0),
+    (13, 3600.0), (20, 3600.0), (1000, 3600.0),
+])
+def test_backoff_ceiling_doubles_and_is_capped(attempt, ceiling):
+    assert backoff_s(attempt, rng=lambda: 1.0) == ceiling
+    assert backoff_s(attempt, rng=lambda: 0.5) == ceiling / 2
+    assert backoff_s(attempt, rng=lambda: 0.0) == 0.0
+
+
+def test_backoff_default_rng_within_ceiling():
+    for attempt in (1, 2, 3, 8, 50):
+        ceiling = min(3600.0, 2.0 ** (attempt - 1))
+        for _ in range(50):
+            assert 0.0 <= backoff_s(attempt) <= ceiling
+
+
+# --- workers.delivery.parse_retry_after -------------------------------------------------------------
+
+NOW_S = calendar.timegm((2015, 10, 21, 7, 28, 0))  # Wed, 21 Oct 2015 07:28:00 GMT
+
+
+def _http_date(epoch_s):
+    return email.utils.formatdate(epoch_s, usegmt=True)
+
+
+def test_retry_after_seconds():
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after(" 5 ") == 5.0
+
+
+def test_retry_after_http_date_with_fixed_now():
+    assert parse_retry_after(_http_date(NOW_S + 30), now_s=NOW_S) == 30.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now_s=NOW_S - 90) == 90.0
+
+
+def test_retry_after_past_date_is_zero():
+    assert parse_retry_after(_http_date(NOW_S - 30), now_s=NOW_S) == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now_s=NOW_S + 3600) == 0.0
+
+
+@pytest.mark.parametrize("value", [None, "", "garbage", "1.5", "12abc", "-5", "Wed, 21 Oct 2015 07:28:00"])
+def test_retry_after_absent_or_unparsable_is_none(value):
+    # "-5" is not delay-seconds (RFC 9110: 1*DIGIT); a date without a zone is not an HTTP-date.
+    assert parse_retry_after(value, now_s=NOW_S) is None
+
+
+def test_retry_after_huge_is_capped_at_one_hour():
+    assert parse_retry_after("3600") == 3600.0
+    assert parse_retry_after("3601") == 3600.0
+    assert parse_retry_after("999999999") == 3600.0
+    assert parse_retry_after(_http_date(NOW_S + 86_400), now_s=NOW_S) == 3600.0
+
+
+# --- api.app.time_left_s and rfc3339_ms -------------------------------------------------------------
+
+NOW_MS = 1_800_000_000_000
+
+
+@pytest.mark.parametrize(("fire_in_ms", "expected"), [
+    (1, 1), (999, 1), (1000, 1), (1001, 2), (1999, 2), (2000, 2), (10_000, 10), (10_001, 11),
+    (0, 0), (-1, 0), (-5000, 0),
+])
+def test_time_left_rounds_up_and_never_negative(fire_in_ms, expected):
+    for status in ("scheduled", "firing", "retrying", "fired", "failed"):
+        assert time_left_s({"status": status, "fire_at": NOW_MS + fire_in_ms}, NOW_MS) == expected
+
+
+def test_time_left_cancelled_is_zero():
+    assert time_left_s({"status": "cancelled", "fire_at": NOW_MS + 60_000}, NOW_MS) == 0
+    assert time_left_s({"status": "cancelled", "fire_at": NOW_MS - 60_000}, NOW_MS) == 0
+
+
+@pytest.mark.parametrize(("epoch_ms", "text"), [
+    (0, "1970-01-01T00:00:00.000Z"),
+    (1, "1970-01-01T00:00:00.001Z"),
+    (calendar.timegm((2026, 11, 29, 17, 30, 0)) * 1000, "2026-11-29T17:30:00.000Z"),
+    (calendar.timegm((2026, 11, 29, 17, 30, 0)) * 1000 + 250, "2026-11-29T17:30:00.250Z"),
+    (calendar.timegm((2024, 2, 29, 23, 59, 59)) * 1000 + 999, "2024-02-29T23:59:59.999Z"),
+])
+def test_rfc3339_ms(epoch_ms, text):
+    assert rfc3339_ms(epoch_ms) == text
+
+
+# --- sharding.balancer.LeastBusy --------------------------------------------------------------------
+
+class FakeDepths:
+    """read_depths stand-in: returns the configured (scheduled, queued, in_flight) tuples."""
+
+    def __init__(self, depths):
+        self.depths = depths
+        self.calls = []
+
+    def __call__(self, indexes):
+        self.calls.append(list(indexes))
+        return [self.depths[i] for i in indexes]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_least_busy_picks_the_least_busy_shard():
+    read = FakeDepths([(5, 0, 0), (1, 1, 1), (0, 2, 0), (4, 4, 4)])
+    balancer = LeastBusy(read, 4, clock=FakeClock())
+    assert balancer.choose() == 2  # depth 2 is the lowest (sum of scheduled, queued, in flight)
+    assert read.calls == [[0, 1, 2, 3]]
+
+
+def test_least_busy_counts_its_own_choices_into_the_snapshot():
+    read = FakeDepths([(3, 0, 0), (0, 0, 0), (1, 0, 0)])
+    balancer = LeastBusy(read, 3, clock=FakeClock())
+    picks = [balancer.choose() for _ in range(7)]
+    # Depths 3, 0, 1: shard 1 first, then 1 and 2 alternate until all are 3 (five picks) ...
+    assert picks[0] == 1
+    assert sorted(picks[:5]) == [1, 1, 1, 2, 2]
+    # ... then the three-way tie rotates: two different shards.
+    assert len(set(picks[5:])) == 2
+    final = [3 + picks.count(0), picks.count(1), 1 + picks.count(2)]
+    assert sorted(final) == [3, 4, 4]
+    assert len(read.calls) == 1
+
+
+def test_least_busy_burst_of_100_over_4_equal_shards_spreads_evenly():
+    read = FakeDepths([(0, 0, 0)] * 4)
+    balancer = LeastBusy(read, 4, clock=FakeClock())
+    picks = [balancer.choose() for _ in range(100)]
+    assert [picks.count(i) for i in range(4)] == [25, 25, 25, 25]
+    # Every window of 4 consecutive picks covers all 4 shards (ties rotate).
+    for start in range(0, 100, 4):
+        assert sorted(picks[start:start + 4]) == [0, 1, 2, 3]
+    assert read.calls == [[0, 1, 2, 3]]
+
+
+def test_least_busy_refreshes_only_after_refresh_s():
+    read = FakeDepths([(0, 0, 0), (10, 0, 0)])
+    clock = FakeClock()
+    balancer = LeastBusy(read, 2, refresh_s=0.25, clock=clock)
+    assert balancer.choose() == 0
+    assert len(read.calls) == 1
+
+    read.depths = [(10, 0, 0), (0, 0, 0)]
+    clock.now += 0.2
+    assert balancer.choose() == 0  # stale snapshot still says shard 0 is emptier
+    assert len(read.calls) == 1
+
+    clock.now += 0.05  # 0.25 s since the read: refresh
+    assert balancer.choose() == 1
+    assert len(read.calls) == 2
+
+    clock.now += 0.1
+    assert balancer.choose() == 1
+    assert len(read.calls) == 2
+
+    clock.now += 0.15
+    read.depths = [(0, 0, 0), (10, 0, 0)]
+    assert balancer.choose() == 0
+    assert len(read.calls) == 3
+    assert read.calls == [[0, 1]] * 3
+
+
+def test_least_busy_read_once_per_snapshot_during_burst():
+    read = FakeDepths([(0, 0, 0)] * 3)
+    clock = FakeClock()
+    balancer = LeastBusy(read, 3, refresh_s=1.0, clock=clock)
+    for _ in range(30):
+        balancer.choose()
+        clock.now += 0.25  # exact in binary floating point
+    # Choices at 100.00 … 107.25: snapshots read at 100, 101, …, 107 only.
+    assert read.calls == [[0, 1, 2]] * 8
+
+
+def test_least_busy_refresh_error_propagates():
+    def broken(indexes):
+        raise ConnectionError("redis down")
+
+    balancer = LeastBusy(broken, 4, clock=FakeClock())
+    with pytest.raises(ConnectionError):
+        balancer.choose()
+
+
+# --- sharding.queues messages -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("timer_id", [1, 7, 1003, 123_456_789_000 + 999])
+def test_message_round_trip(timer_id):
+    message = message_for(timer_id)
+    assert isinstance(message, bytes)
+    assert message == b'{"timer":%d}' % timer_id
+    assert message_for(timer_id) == message  # deterministic
+    assert timer_of(message) == timer_id
+    assert timer_of(message.decode()) == timer_id
+
+
+def test_timer_of_accepts_whitespace_variants():
+    assert timer_of(b'{ "timer" : 42 }') == 42
+
+
+@pytest.mark.parametrize("message", [
+    b"", b"not json", b"42", b"[42]", b"null", b'"42"', b"{}",
+    b'{"timer":0}', b'{"timer":-3}', b'{"timer":"7"}', b'{"timer":true}', b'{"timer":1.5}',
+    b'{"timer":null}', b'{"timer":7,"extra":1}', b'{"id":7}',
+])
+def test_timer_of_rejects_bad_messages(message):
+    with pytest.raises(ValueError):
+        timer_of(message)
+
+
+# --- api.validation.parse_create --------------------------------------------------------------------
+
+URL = "https://x.test/hook"
+
+
+def _field_error(body, max_delay=MAX_DELAY):
+    with pytest.raises(FieldError) as info:
+        parse_create(body, max_delay)
+    error = info.value
+    assert isinstance(error, falcon.HTTPBadRequest)
+    assert error.status_code == 400
+    assert error.description.startswith(f"'{error.field}'")
+    return error
+
+
+@pytest.mark.parametrize("field", ["hours", "minutes", "seconds"])
+@pytest.mark.parametrize("value", [True, False, 1.0, 1.5, 0.0, "1", "", None, [1], {"n": 1}, -1, -3600])
+def test_parse_create_rejects_non_integer_or_negative_durations(field, value):
+    error = _field_error({"url": URL, field: value})
+    assert error.field == field
+    assert field in error.description
+    assert error.to_dict()["field"] == field
+
+
+def test_parse_create_unknown_field_named():
+    error = _field_error({"url": URL, "hour": 1})
+    assert error.field == "hour"
+    assert "'hour'" in error.description
+    body = error.to_dict()
+    assert body["title"] == "Invalid field"
+    assert body["field"] == "hour"
+
+
+def test_parse_create_unknown_field_even_alongside_valid_ones():
+    error = _field_error({"url": URL, "seconds": 5, "callback": "x"})
+    assert error.field == "callback"
+
+
+def test_parse_create_missing_url():
+    error = _field_error({"seconds": 5})
+    assert error.field == "url"
+    error = _field_error({})
+    assert error.field == "url"
+
+
+@pytest.mark.parametrize("url", [
+    5, None, True, ["https://x.test"], {"u": 1},
+    "ftp://x.test/hook", "file:///etc/passwd", "x.test/hook", "/hook", "",
+    "http://", "https://", "http:///path", "http://:80/",
+    "http://x.test/a b", " http://x.test/", "http://x.test/\n", "http://x.test/\t",
+    "http://x.test:99999/", "http://x.test:port/",
+])
+def test_parse_create_bad_url(url):
+    error = _field_error({"url": url, "seconds": 1})
+    assert error.field == "url"
+    assert "url" in error.description
+
+
+def test_parse_create_url_length_limit():
+    prefix = "https://x.test/"
+    longest = prefix + "a" * (MAX_URL_LENGTH - len(prefix))
+    assert len(longest) == 2048
+    assert parse_create({"url": longest}, MAX_DELAY) == (0, longest)
+    error = _field_error({"url": longest + "a"})
+    assert error.field == "url"
+
+
+@pytest.mark.parametrize("url", [
+    "http://x.test", "https://x.test/hook", "HTTPS://X.TEST/Hook", "http://127.0.0.1:8080/h?a=1",
+    "http://[::1]:9000/h", "https://user:pw@x.test/h",
+])
+def test_parse_create_good_urls(url):
+    assert parse_create({"url": url, "seconds": 1}, MAX_DELAY) == (1, url)
+
+
+@pytest.mark.parametrize(("fields", "delay"), [
+    ({}, 0),
+    ({"hours": 0, "minutes": 0, "seconds": 0}, 0),
+    ({"seconds": 10}, 10),
+    ({"minutes": 90}, 5400),
+    ({"hours": 1, "minutes": 30}, 5400),
+    ({"seconds": 3600}, 3600),
+    ({"hours": 2, "minutes": 3, "seconds": 4}, 7384),
+    ({"hours": 8760}, MAX_DELAY),
+])
+def test_parse_create_total_delay(fields, delay):
+    assert parse_create({"url": URL, **fields}, MAX_DELAY) == (delay, URL)
+
+
+def test_parse_create_delay_above_max_rejected():
+    assert parse_create({"url": URL, "seconds": 100}, 100) == (100, URL)
+    error = _field_error({"url": URL, "seconds": 101}, max_delay=100)
+    assert error.field == "seconds"
+    assert "100" in error.description
+    error = _field_error({"url": URL, "hours": 8760, "seconds": 1})
+    assert error.field in ("hours", "seconds")
+    error = _field_error({"url": URL, "hours": 8761})
+    assert error.field == "hours"
+    error = _field_error({"url": URL, "minutes": 10**20})
+    assert error.field == "minutes"
+
+
+def test_parse_create_max_delay_zero_only_allows_zero():
+    assert parse_create({"url": URL}, 0) == (0, URL)
+    assert _field_error({"url": URL, "seconds": 1}, max_delay=0).field == "seconds"
+
+
+@pytest.mark.parametrize("body", [[], [{"url": URL}], "x", "", 5, 1.5, True, None])
+def test_parse_create_non_object_body_rejected(body):
+    with pytest.raises(falcon.HTTPBadRequest) as info:
+        parse_create(body, MAX_DELAY)
+    assert info.value.status_code == 400
+    assert not isinstance(info.value, FieldError)
+    assert info.value.description
+
+
+# --- sharding.store.home_shard ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("timer_id", "shard"), [
+    (1000, 0), (1001, 1), (1003, 3), (2000, 0), (123_999, 999), (5_000_042, 42), (7, 7),
+])
+def test_home_shard(timer_id, shard):
+    assert home_shard(timer_id) == shard
+
+
+def test_home_shard_matches_id_layout():
+    for seq, shard in itertools.product((1, 2, 99, 10**9), (0, 1, 3, 998, 999)):
+        assert home_shard(seq * 1000 + shard) == shard
