@@ -1,8 +1,8 @@
 """The Falcon WSGI application: timers and shards over HTTP.
 
 Served by gunicorn (``api/gunicorn_conf.py``): ``gunicorn -c api/gunicorn_conf.py
-'api.app:create_app()'``. The API stores timers and puts them on a shard's
-queue; it never sends webhooks.
+'api.app:create_app()'``. The API stores timers on the least-busy shard; it
+never sends webhooks.
 """
 
 import io
@@ -17,7 +17,6 @@ import redis
 from api.validation import parse_create
 from sharding import config, queues
 from sharding.balancer import LeastBusy
-from sharding.store import TimerStore
 
 log = logging.getLogger("api")
 
@@ -166,8 +165,8 @@ def create_app(settings=None, store=None):
         ``falcon.App``.
     """
     settings = settings or config.load()
-    store = store or TimerStore(settings.effective_redis_url())
-    balancer = LeastBusy(store.depths, settings.shards)
+    store = store or settings.store()
+    balancer = LeastBusy(store.loads, settings.shards)
     app = falcon.App()
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)

@@ -7,6 +7,8 @@ Every setting is optional; the defaults are those of the contract
 import dataclasses
 import os
 
+from sharding.store import TimerStore
+
 SERVICE_NAME = "timer-service"
 VERSION = "0.1.0"
 
@@ -63,6 +65,12 @@ class Settings:
     recovery_interval_seconds: float
     recovery_grace_seconds: float
     shutdown_seconds: float
+    visibility_seconds: float
+    retention_seconds: int
+
+    def store(self):
+        """A ``sharding.store.TimerStore`` on this configuration's Redis."""
+        return TimerStore(self.effective_redis_url(), self.retention_seconds)
 
     @property
     def lease_ms(self):
@@ -114,4 +122,6 @@ def load():
         recovery_interval_seconds=_float_env("TIMER_RECOVERY_INTERVAL_SECONDS", 5.0, 0.1),
         recovery_grace_seconds=_float_env("TIMER_RECOVERY_GRACE_SECONDS", 10.0, 0.0),
         shutdown_seconds=_float_env("TIMER_SHUTDOWN_SECONDS", 3.0, 0.0),
+        visibility_seconds=_float_env("TIMER_QUEUE_VISIBILITY_SECONDS", 30.0, 1.0),
+        retention_seconds=_int_env("TIMER_RETENTION_SECONDS", 7 * 86400, 1),
     )

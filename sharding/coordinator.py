@@ -1,11 +1,12 @@
 """The coordinator process: recovery at startup, then every few seconds.
 
-At startup it runs a full pass (every pending timer that no live queue holds
-is requeued); afterwards a bounded pass every
-``TIMER_RECOVERY_INTERVAL_SECONDS`` (expired leases, and timers overdue by
-more than ``TIMER_RECOVERY_GRACE_SECONDS``). Several coordinators may run, one
-per host: a pass runs only under a Redis lock (redis-py ``Lock``), so two
-never requeue at the same time.
+At startup it runs a full pass of :func:`sharding.recovery.recover` (every
+pending timer that no live queue holds becomes due now); afterwards a pass
+every ``TIMER_RECOVERY_INTERVAL_SECONDS`` that waits
+``TIMER_RECOVERY_GRACE_SECONDS`` before it treats a queued timer as lost.
+Both take back expired leases and feed retired shards' timers to live ones.
+Several coordinators may run, one per host: a pass runs only under a Redis
+lock (redis-py ``Lock``), so two never work at the same time.
 
 Run: ``python -m sharding.coordinator``.
 """
@@ -18,7 +19,6 @@ import redis
 from sharding import process
 from sharding.balancer import LeastBusy
 from sharding.recovery import recover
-from sharding.store import TimerStore
 
 log = logging.getLogger("sharding.coordinator")
 
@@ -62,7 +62,8 @@ def run_pass(store, balancer, settings, full):
         return None
     try:
         grace_ms = None if full else int(settings.recovery_grace_seconds * 1000)
-        return recover(store, balancer, settings.shards, settings.webhook_max_attempts, grace_ms)
+        return recover(store, balancer, settings.shards, settings.webhook_max_attempts,
+                       int(settings.visibility_seconds * 1000), grace_ms)
     finally:
         try:
             lock.release()
@@ -73,8 +74,8 @@ def run_pass(store, balancer, settings, full):
 def main():
     """Entry point: full pass at startup, then bounded passes until SIGTERM/SIGINT."""
     settings, stop = process.start("coordinator")
-    store = TimerStore(settings.effective_redis_url())
-    balancer = LeastBusy(store.depths, settings.shards)
+    store = settings.store()
+    balancer = LeastBusy(store.loads, settings.shards)
     if not wait_for_redis(store, stop):
         return
     store.register_shards(settings.shards)
@@ -87,7 +88,7 @@ def main():
             log.warning("recovery pass failed", extra={"error": str(exc)})
         else:
             if counts is not None:
-                level = logging.INFO if full or counts["requeued"] else logging.DEBUG
+                level = logging.INFO if full or counts["lost"] or counts["retired_fed"] else logging.DEBUG
                 log.log(level, "recovery pass", extra={
                     "full": full, "seconds": round(time.monotonic() - started, 3), **counts})
                 full = False

@@ -5,19 +5,19 @@ tag ``{timers-i}`` (Huey storage name), so that the queue, the schedule and
 the shard's timer records can live in one Redis Cluster slot and one Lua
 script may touch them together.
 
-A message carries only a timer id, as JSON: ``{"timer": 123}``. It is the
-same bytes every time for the same timer, so putting a timer on a schedule
-twice leaves one entry (a sorted-set member), and recovery can tell which
-timers a queue holds without unpickling anything.
+Only the queue (a Redis list) of each Huey instance is used: timers wait in
+the timer store's due index, and each consumer's feeder (``workers.consumer``)
+moves them onto the queue when they come due.
+
+A message carries only a timer id, as JSON: ``{"timer": 123}``, so recovery
+can tell which timers a queue holds without unpickling anything.
 """
 
-import calendar
 import json
 
 from huey import RedisHuey
 from huey.registry import Message
 from huey.serializer import Serializer
-from huey.storage import RedisStorage
 
 
 def queue_name(index):
@@ -88,19 +88,6 @@ class TimerMessageSerializer(Serializer):
                        retry_delay=0, args=(timer_id,), kwargs={})
 
 
-class TimerQueueStorage(RedisStorage):
-    """Huey's Redis storage with schedule scores in true Unix epoch seconds.
-
-    Huey converts its naive UTC datetimes with ``time.mktime``, which reads
-    them as local time; scores written by our Lua scripts are epoch seconds
-    from the Redis clock, so both sides must use ``calendar.timegm``.
-    """
-
-    def convert_ts(self, ts):
-        """Naive UTC ``datetime`` → epoch seconds (float)."""
-        return calendar.timegm(ts.utctimetuple()) + ts.microsecond / 1e6
-
-
 def make_huey(index, connection_pool):
     """The Huey instance of shard ``index`` on ``connection_pool`` (a redis-py pool).
 
@@ -111,7 +98,6 @@ def make_huey(index, connection_pool):
         results=False,
         utc=True,
         serializer=TimerMessageSerializer(),
-        storage_class=TimerQueueStorage,
         connection_pool=connection_pool,
         clean_name=False,
         blocking=True,

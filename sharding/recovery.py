@@ -1,77 +1,81 @@
-"""Recovery: find timers that no live queue holds and put them back on one.
+"""Recovery: give every pending timer a live queue again.
 
 Huey never acknowledges a message: a consumer killed between popping a
 message and claiming its timer loses the message. A crash may also cut a
 delivery off mid-flight, a shard may be retired (``TIMER_SHARDS`` shrank) or
 a queue's keys may be lost. The timer records and their indexes are the
-truth, so recovery compares them with what the live queues hold:
+truth, so a recovery pass:
 
-1. ``firing`` timers whose lease ran out go back to ``retrying`` (or to
-   ``failed`` after their last attempt);
-2. every pending timer (``scheduled``/``retrying``) in the due index that no
-   live shard's schedule or queue holds is scheduled on the least-busy live
-   shard, at its due time, or now if that has passed.
+1. takes back ``firing`` timers whose lease ran out: they become
+   ``retrying``, due now (or ``failed`` after their last attempt);
+2. makes due again every pending timer that a feeder put on a live queue
+   (it is hidden in the due index) but that no live queue holds any more,
+   once it has been hidden for longer than the grace period (a full pass, as
+   at startup, does not wait);
+3. feeds the due timers of retired shards (no consumer reads them) onto the
+   least-busy live shards.
 
-Re-scheduling is idempotent (a message is a sorted-set member) and delivery
-claims are atomic, so running recovery while APIs and consumers run, or
-twice, never fires a timer twice.
+Claims are atomic, so running a pass while APIs and consumers run, or twice,
+never fires a timer twice: at worst a queue carries a redundant message,
+which the claim turns into a no-op.
 """
 
 import logging
-import math
 
 from sharding import queues
-from sharding.store import home_shard
+from sharding.store import FEED_BATCH, now_ms
 
 log = logging.getLogger(__name__)
 
 CHUNK = 5000
 
 
-def _messages(shard, cutoff_s):
-    """Timer ids in ``shard``'s queue, and in its schedule up to ``cutoff_s`` (epoch s)."""
-    conn = shard.redis
-    if math.isinf(cutoff_s):
-        scheduled = (member for member, _ in conn.zscan_iter(shard.schedule_key, count=CHUNK))
-    else:
-        scheduled = conn.zrangebyscore(shard.schedule_key, "-inf", cutoff_s)
-    held = {queues.timer_of(m) for m in scheduled}
+def _queued_ids(shard):
+    """Timer ids of every message on ``shard``'s queue."""
+    held = set()
     start = 0
     while True:
-        batch = conn.lrange(shard.queue_key, start, start + CHUNK - 1)
+        batch = shard.redis.lrange(shard.queue_key, start, start + CHUNK - 1)
         held.update(queues.timer_of(m) for m in batch)
         if len(batch) < CHUNK:
             return held
         start += CHUNK
 
 
-def _pending(shard, cutoff_ms):
-    """(timer id, due epoch ms) of pending timers of ``shard`` due by ``cutoff_ms``."""
-    conn = shard.redis
-    if math.isinf(cutoff_ms):
-        for member, score in conn.zscan_iter(shard.due_key, count=CHUNK):
-            yield int(member), int(score)
-    else:
-        for member, score in conn.zrangebyscore(shard.due_key, "-inf", cutoff_ms,
-                                                start=0, num=CHUNK * 2, withscores=True):
-            yield int(member), int(score)
-
-
-def _expire_leases(store, indexes, now_ms, max_attempts, requeue):
+def _expire_leases(store, indexes, now, max_attempts):
     counts = {"retrying": 0, "failed": 0}
     for index in indexes:
         shard = store.shard(index)
-        for member in shard.redis.zrangebyscore(shard.leases_key, "-inf", now_ms):
-            timer_id = int(member)
-            outcome = store.expire_lease(timer_id, max_attempts)
+        for member in shard.redis.zrangebyscore(shard.leases_key, "-inf", now):
+            outcome = store.expire_lease(int(member), max_attempts)
             if outcome:
                 counts[outcome] += 1
-            if outcome == "retrying":
-                requeue(timer_id, now_ms)
     return counts
 
 
-def recover(store, balancer, live_count, max_attempts, grace_ms=None):
+def _reveal_lost(shard, now, cutoff):
+    """Make due now the hidden timers of ``shard`` hidden until ``cutoff`` or
+    earlier whose message is not on the queue. Returns how many."""
+    hidden = shard.redis.zrangebyscore(shard.due_key, f"({now}", cutoff)
+    if not hidden:
+        return 0
+    lost = {int(m) for m in hidden} - _queued_ids(shard)
+    if lost:
+        # XX: a timer claimed since the read has left the index and stays out.
+        shard.redis.zadd(shard.due_key, dict.fromkeys(lost, now), xx=True)
+    return len(lost)
+
+
+def _feed_retired(store, balancer, index, visibility_ms):
+    fed = 0
+    while True:
+        count = store.feed(index, balancer.choose(), visibility_ms)
+        fed += count
+        if count < FEED_BATCH:
+            return fed
+
+
+def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=None):
     """Run one recovery pass.
 
     Args:
@@ -79,35 +83,19 @@ def recover(store, balancer, live_count, max_attempts, grace_ms=None):
         balancer: ``sharding.balancer.LeastBusy`` over the live shards.
         live_count: number N of live shards (``0..N-1``).
         max_attempts: delivery attempts before a timer is failed.
-        grace_ms: None for a full pass (every pending timer, as at startup);
-            else only timers overdue by more than this many milliseconds.
+        visibility_ms: the feeders' visibility timeout in milliseconds.
+        grace_ms: how long a fed timer may be missing from its queue before it
+            is made due again; None for a full pass (no wait, as at startup).
     Returns:
-        dict of counts: ``leases_retrying``, ``leases_failed``, ``checked``,
-        ``requeued``, ``held``.
+        dict of counts: ``leases_retrying``, ``leases_failed``, ``lost``
+        (made due again), ``retired_fed`` (fed from retired shards).
     """
-    secs, micros = store.control.time()
-    now_ms = secs * 1000 + micros // 1000
+    now = now_ms(store.control)
     known = store.known_shards(live_count)
-    requeued = 0
-
-    def requeue(timer_id, due_ms):
-        nonlocal requeued
-        target = balancer.choose()
-        if store.schedule(timer_id, target, max(due_ms, now_ms) / 1000):
-            requeued += 1
-            log.debug("timer requeued", extra={"timer_id": timer_id, "shard": target,
-                                               "overdue_ms": max(0, now_ms - due_ms)})
-
-    leases = _expire_leases(store, known, now_ms, max_attempts, requeue)
-    cutoff_ms = math.inf if grace_ms is None else now_ms - grace_ms
-    held = set()
-    for index in range(live_count):
-        held |= _messages(store.shard(index), cutoff_ms / 1000)
-    checked = 0
-    for index in known:
-        for timer_id, due_ms in _pending(store.shard(index), cutoff_ms):
-            checked += 1
-            if timer_id not in held and home_shard(timer_id) == index:
-                requeue(timer_id, due_ms)
+    leases = _expire_leases(store, known, now, max_attempts)
+    cutoff = now + visibility_ms - (grace_ms or 0)
+    lost = sum(_reveal_lost(store.shard(i), now, cutoff) for i in range(live_count))
+    retired = [i for i in known if i >= live_count]
+    retired_fed = sum(_feed_retired(store, balancer, i, visibility_ms) for i in retired)
     return {"leases_retrying": leases["retrying"], "leases_failed": leases["failed"],
-            "checked": checked, "requeued": requeued, "held": len(held)}
+            "lost": lost, "retired_fed": retired_fed}

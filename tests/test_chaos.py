@@ -89,7 +89,7 @@ def test_chaos_every_acknowledged_timer_fires(make_service, receiver, redis_serv
     def all_fired():
         statuses = redis_server.client().pipeline(transaction=False)
         for timer_id in acknowledged:
-            statuses.hget(f"timer:{{timers-{timer_id % 1000}}}:{timer_id}", "status")
+            statuses.hget(f"t:{{timers-{timer_id % 1000}}}:{timer_id}", "s")
         return all(s == b"fired" for s in statuses.execute())
 
     wait_until(all_fired, timeout=60, interval=0.5, message="every status fired")

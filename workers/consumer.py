@@ -3,11 +3,12 @@
 Run: ``python -m workers.consumer <shard index>``. The pool supervisor
 (``workers.pool``) starts ``TIMER_WORKERS_PER_SHARD`` of these per shard.
 
-Each consumer runs ``TIMER_CONSUMER_THREADS`` worker threads (webhooks are
-I/O-bound) and its own scheduler. Huey's scheduler wakes once a second at
-most; ours wakes every ``TIMER_SCHEDULER_TICK_SECONDS`` (default 0.1 s) so a
-webhook leaves well within a second of its fire time. Several schedulers on
-one schedule are safe: Huey pops due entries with an atomic Lua script.
+Each consumer runs ``TIMER_CONSUMER_THREADS`` Huey worker threads (webhooks
+are I/O-bound) and, in place of Huey's scheduler, a feeder that every
+``TIMER_SCHEDULER_TICK_SECONDS`` (default 0.1 s; Huey's scheduler ticks once a
+second at most) moves the shard's due timers from the timer store's due index
+onto its Huey queue. Several feeders on one shard are safe: taking due timers
+is one atomic Lua script.
 
 SIGTERM and SIGINT stop gracefully: in-flight deliveries get
 ``TIMER_SHUTDOWN_SECONDS`` to finish; anything cut off is recovered through
@@ -16,34 +17,58 @@ its lease by the coordinator.
 
 import logging
 import sys
+import time
 
-from huey.consumer import Consumer, Scheduler
+import redis
+from huey.consumer import BaseProcess, Consumer
 
 from sharding import config, logs
-from sharding.store import TimerStore
+from sharding.store import FEED_BATCH
 from workers import tasks
 from workers.delivery import Sender
 
 
-class FineTickScheduler(Scheduler):
-    """Huey's scheduler with a sub-second interval (Huey clamps to >= 1 s)."""
+class Feeder(BaseProcess):
+    """Huey consumer process that feeds due timers onto the shard's queue.
 
-    def __init__(self, huey, stop_flag, interval, periodic, tick_s):
-        super().__init__(huey, stop_flag, interval, periodic)
-        self.interval = tick_s
+    Args:
+        store: ``sharding.store.TimerStore``.
+        index: the shard whose due index and queue this feeder serves.
+        tick_s: seconds between feeds.
+        visibility_ms: how long a fed timer stays hidden from other feeds.
+    """
+
+    process_name = "Feeder"
+
+    def __init__(self, huey, stop_flag, store, index, tick_s, visibility_ms):
+        super().__init__(huey, stop_flag)
+        self.store = store
+        self.index = index
+        self.tick_s = tick_s
+        self.visibility_ms = visibility_ms
+
+    def loop(self, now=None):
+        """Feed every due timer (in batches), then sleep until the next tick."""
+        begun = time.monotonic()
+        try:
+            while self.store.feed(self.index, self.index, self.visibility_ms) == FEED_BATCH:
+                if self.stop_flag.is_set():
+                    break
+        except redis.exceptions.RedisError as exc:
+            self._logger.warning("feeding failed", extra={"error": str(exc)})
+        self.sleep_for_interval(begun, self.tick_s)
 
 
 class TimerConsumer(Consumer):
-    """Huey ``Consumer`` whose scheduler ticks every ``tick_s`` seconds."""
+    """Huey ``Consumer`` whose scheduler process is a :class:`Feeder`."""
 
-    def __init__(self, huey, tick_s, **options):
-        self.tick_s = tick_s
+    def __init__(self, huey, feeder_options, **options):
+        self.feeder_options = feeder_options
         super().__init__(huey, **options)
 
     def _create_scheduler(self):
         # Huey documents overriding _create_scheduler for custom schedulers.
-        return FineTickScheduler(self.huey, self.stop_flag, self.scheduler_interval,
-                                 self.periodic, self.tick_s)
+        return Feeder(self.huey, self.stop_flag, **self.feeder_options)
 
 
 def main(argv=None):
@@ -55,12 +80,13 @@ def main(argv=None):
     logging.getLogger("huey").setLevel(logging.WARNING)
     logging.getLogger("huey.consumer").setLevel(logging.INFO)
     settings = config.load()
-    store = TimerStore(settings.effective_redis_url())
+    store = settings.store()
     shard = store.shard(index)
-    tasks.register(shard.huey, store, Sender(settings.webhook_timeout_seconds), settings, index)
+    tasks.register(shard.huey, store, Sender(settings.webhook_timeout_seconds), settings)
     consumer = TimerConsumer(
         shard.huey,
-        tick_s=settings.scheduler_tick_seconds,
+        feeder_options={"store": store, "index": index, "tick_s": settings.scheduler_tick_seconds,
+                        "visibility_ms": int(settings.visibility_seconds * 1000)},
         workers=settings.consumer_threads,
         worker_type="thread",
         periodic=False,

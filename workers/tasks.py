@@ -13,15 +13,17 @@ from workers.delivery import backoff_s
 log = logging.getLogger("workers.tasks")
 
 
-def fire_timer(timer_id, store, sender, settings, queue_shard):
+def fire_timer(timer_id, store, sender, settings):
     """Run one delivery attempt of ``timer_id`` if it is due and unclaimed.
+
+    A retry goes back into the due index (by :meth:`TimerStore.finish`); a
+    message for a timer that is not yet due (a stale duplicate) is dropped,
+    since the due index feeds the timer again when it is due.
 
     Args:
         store: ``sharding.store.TimerStore``.
         sender: ``workers.delivery.Sender``.
         settings: ``sharding.config.Settings``.
-        queue_shard: index of the shard whose queue delivered the message;
-            retries and early wake-ups go back on it.
     Returns:
         the status the timer was left in (``fired``, ``retrying``, ``failed``),
         or the reason nothing was sent (``early``, ``fired``, ``missing`` ...).
@@ -29,9 +31,6 @@ def fire_timer(timer_id, store, sender, settings, queue_shard):
         redis.exceptions.RedisError: Redis unreachable; recovery redelivers.
     """
     claim = store.claim(timer_id, settings.lease_ms)
-    if claim.status == "early":
-        store.schedule(timer_id, queue_shard, claim.due_ms / 1000)
-        return "early"
     if claim.status != "firing":
         log.info("timer not claimable", extra={"timer_id": timer_id, "status": claim.status})
         return claim.status
@@ -46,21 +45,19 @@ def fire_timer(timer_id, store, sender, settings, queue_shard):
             delay_s = backoff_s(claim.attempt)
     else:
         status, delay_s = "failed", 0.0
-    applied, next_ms = store.finish(timer_id, claim.attempt, status, outcome.error, delay_s * 1000)
+    applied, _ = store.finish(timer_id, claim.attempt, status, outcome.error, delay_s * 1000)
     log.info("delivery attempt", extra={
         "timer_id": timer_id, "attempt": claim.attempt, "outcome": outcome.kind,
         "status": status, "error": outcome.error, "lateness_s": round(lateness_s, 3),
         "applied": applied})
-    if applied and status == "retrying":
-        store.schedule(timer_id, queue_shard, next_ms / 1000)
     return status
 
 
-def register(huey, store, sender, settings, queue_shard):
+def register(huey, store, sender, settings):
     """Register the ``fire`` task on ``huey`` (one shard's Huey) and bind its messages to it."""
 
     def fire(timer_id):
-        return fire_timer(timer_id, store, sender, settings, queue_shard)
+        return fire_timer(timer_id, store, sender, settings)
 
     task = huey.task(name="fire")(fire)
     huey.serializer.bind(task)
