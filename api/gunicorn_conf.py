@@ -5,6 +5,7 @@ Run: ``gunicorn -c api/gunicorn_conf.py 'api.app:create_app()'``.
 
 from sharding import config as _config
 from sharding import logs as _logs
+from sharding import metrics as _metrics
 
 _settings = _config.load()
 
@@ -31,11 +32,17 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": _logs.formatter}},
+    "filters": {"request_id": {"()": _logs.RequestIdFilter}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                            "stream": "ext://sys.stderr"}},
+                            "filters": ["request_id"], "stream": "ext://sys.stderr"}},
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
         "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
     },
 }
+
+
+def child_exit(server, worker):
+    """gunicorn hook: multiprocess metrics bookkeeping for an exited worker."""
+    _metrics.process_exited(worker.pid)

@@ -92,6 +92,11 @@ class Settings:
         return f"unix://{path}"
 
 
+def data_dir():
+    """``TIMER_DATA_DIR`` (default ``./var``)."""
+    return os.environ.get("TIMER_DATA_DIR", "").strip() or "./var"
+
+
 def embedded_socket_path(data_dir):
     """Absolute path of the embedded Redis unix socket inside ``data_dir``."""
     return os.path.join(os.path.abspath(data_dir), "redis.sock")
@@ -109,7 +114,7 @@ def load():
         host=os.environ.get("HOST", "").strip() or "127.0.0.1",
         port=_int_env("PORT", 8000, 1, 65535),
         redis_url=os.environ.get("REDIS_URL", "").strip() or None,
-        data_dir=os.environ.get("TIMER_DATA_DIR", "").strip() or "./var",
+        data_dir=data_dir(),
         shards=_int_env("TIMER_SHARDS", 4, 1, 999),
         workers_per_shard=_int_env("TIMER_WORKERS_PER_SHARD", 2, 1),
         consumer_threads=_int_env("TIMER_CONSUMER_THREADS", 8, 1),

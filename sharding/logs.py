@@ -3,11 +3,16 @@
 Built on python-json-logger; every process calls :func:`setup` once.
 """
 
+import contextvars
 import logging
 import os
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
+
+# The id of the API request a log line belongs to (X-Request-ID), also set
+# by consumers while they deliver the timer that request created.
+request_id = contextvars.ContextVar("request_id", default=None)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 
@@ -30,6 +35,7 @@ def setup(component):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter())
     handler.addFilter(_ComponentFilter(component))
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("TIMER_LOG_LEVEL", "INFO").upper())
@@ -42,4 +48,15 @@ class _ComponentFilter(logging.Filter):
 
     def filter(self, record):
         record.component = self.component
+        return True
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to a record while :data:`request_id` is set."""
+
+    def filter(self, record):
+        """Annotate ``record``; never drops it."""
+        value = request_id.get()
+        if value:
+            record.request_id = value
         return True

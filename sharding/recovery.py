@@ -13,7 +13,9 @@ truth, so a recovery pass:
    once it has been hidden for longer than the grace period (a full pass, as
    at startup, does not wait);
 3. feeds the due timers of retired shards (no consumer reads them) onto the
-   least-busy live shards.
+   least-busy live shards;
+4. drops finished timers older than the retention period from the listing
+   indexes (their records expire by themselves).
 
 Claims are atomic, so running a pass while APIs and consumers run, or twice,
 never fires a timer twice: at worst a queue carries a redundant message,
@@ -88,7 +90,8 @@ def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=N
             is made due again; None for a full pass (no wait, as at startup).
     Returns:
         dict of counts: ``leases_retrying``, ``leases_failed``, ``lost``
-        (made due again), ``retired_fed`` (fed from retired shards).
+        (made due again), ``retired_fed`` (fed from retired shards),
+        ``trimmed`` (listing entries past retention).
     """
     now = now_ms(store.control)
     known = store.known_shards(live_count)
@@ -98,4 +101,4 @@ def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=N
     retired = [i for i in known if i >= live_count]
     retired_fed = sum(_feed_retired(store, balancer, i, visibility_ms) for i in retired)
     return {"leases_retrying": leases["retrying"], "leases_failed": leases["failed"],
-            "lost": lost, "retired_fed": retired_fed}
+            "lost": lost, "retired_fed": retired_fed, "trimmed": store.trim_finished(known)}

@@ -5,15 +5,18 @@ shard's keys share one Redis Cluster slot and one Lua script may touch them):
 
 * ``t:{timers-i}:<id>`` hash, the timer record. Short field names keep a
   million pending timers small: ``u`` url, ``f`` fire time, ``s`` status,
-  ``a`` attempts, ``c`` created, ``d`` due time of the next attempt (absent:
-  the fire time), ``l`` lease end, ``e`` last error, ``x`` finished. Times
-  are epoch milliseconds from the Redis clock (``TIME``). Finished records
-  (fired, failed, cancelled) expire after the retention period.
+  ``a`` attempts, ``r`` request id, ``d`` due time of the next attempt
+  (absent: the fire time), ``l`` lease end, ``e`` last error, ``x`` finished.
+  Times are epoch milliseconds from the Redis clock (``TIME``). Finished
+  records (fired, failed, cancelled) expire after the retention period.
 * ``due:{timers-i}`` sorted set: every pending timer (``scheduled`` or
   ``retrying``) scored by when it is next to be put on a queue: its due time,
   or, once a feeder has put it on a queue, that moment plus the visibility
   timeout. This is the due-time index; no Huey schedule is used.
 * ``lease:{timers-i}`` sorted set: ``firing`` timers scored by lease end.
+* ``retry:{timers-i}`` sorted set: ``retrying`` timers by next attempt time.
+* ``done:{timers-i}:<status>`` sorted sets, for ``fired``, ``failed`` and
+  ``cancelled``: finished timers by finish time, trimmed after retention.
 * ``huey.redis.{timers-i}``: the shard's Huey queue (a list of messages).
 
 Control keys (on the ``REDIS_URL`` server): ``timers:seq`` (the id counter)
@@ -32,6 +35,8 @@ from sharding import queues
 
 SHARD_ID_BASE = 1000
 FEED_BATCH = 500
+STATUSES = ("scheduled", "retrying", "firing", "fired", "failed", "cancelled")
+FINAL = ("fired", "failed", "cancelled")
 SEQ_KEY = "timers:seq"
 SHARDS_KEY = "timers:shards"
 
@@ -40,10 +45,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: record, due. ARGV: id, url, delay ms. Returns {fire, now}.
+# KEYS: record, due. ARGV: id, url, delay ms, request id. Returns {fire, now}.
 _CREATE = _NOW_MS + """
 local fire = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'u', ARGV[2], 'f', fire, 's', 'scheduled', 'a', 0, 'c', now)
+redis.call('HSET', KEYS[1], 'u', ARGV[2], 'f', fire, 's', 'scheduled', 'a', 0, 'r', ARGV[4])
 redis.call('ZADD', KEYS[2], fire, ARGV[1])
 return {fire, now}
 """
@@ -58,7 +63,22 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', hide, id) end
 return ids
 """
 
-# KEYS: record, due, leases. ARGV: id, lease ms, early tolerance ms.
+# Scripts below take the KEYS of Shard.timer_keys: record, due, leases,
+# retries, done:fired, done:failed, done:cancelled.
+_FINALIZE = """
+local function finalize(status, id, retention)
+  local done = {fired = KEYS[5], failed = KEYS[6], cancelled = KEYS[7]}
+  redis.call('HSET', KEYS[1], 's', status, 'x', now)
+  redis.call('HDEL', KEYS[1], 'l', 'd')
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZADD', done[status], now, id)
+  redis.call('PEXPIRE', KEYS[1], retention)
+end
+"""
+
+# ARGV: id, lease ms, early tolerance ms.
 # Returns {status} when not claimable, {'early', due} when not yet due,
 # {'firing', attempts, url, fire, now} when claimed.
 _CLAIM = _NOW_MS + """
@@ -74,58 +94,79 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
 local lease = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 's', 'firing', 'l', lease)
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[3], lease, ARGV[1])
-return {'firing', attempts, r[4], r[3], now}
+return {'firing', attempts, r[4], r[3], now, redis.call('HGET', KEYS[1], 'r') or ''}
 """
 
-# KEYS: record, due, leases. ARGV: id, attempt, new status, last error,
-# delay ms until the next attempt (retrying), retention ms (final statuses).
+# ARGV: id, attempt, new status, last error, delay ms until the next attempt
+# (retrying), retention ms (final statuses).
 # Applies only while the attempt number still matches (a fencing token): a
 # late worker whose lease expired and whose timer was claimed again changes
 # nothing. A late success is still taken while no newer attempt has begun.
 # Returns {applied, next attempt ms}.
-_FINISH = _NOW_MS + """
+_FINISH = _NOW_MS + _FINALIZE + """
 local r = redis.call('HMGET', KEYS[1], 's', 'a')
 if r[2] ~= ARGV[2] then return {0, 0} end
 if r[1] ~= 'firing' and not (ARGV[3] == 'fired' and (r[1] == 'scheduled' or r[1] == 'retrying')) then
   return {0, 0}
 end
+redis.call('HSET', KEYS[1], 'e', ARGV[4])
+if ARGV[3] ~= 'retrying' then
+  finalize(ARGV[3], ARGV[1], ARGV[6])
+  return {1, now}
+end
 local next = now + tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 's', ARGV[3], 'e', ARGV[4])
+redis.call('HSET', KEYS[1], 's', 'retrying', 'd', next)
 redis.call('HDEL', KEYS[1], 'l')
 redis.call('ZREM', KEYS[3], ARGV[1])
-if ARGV[3] == 'retrying' then
-  redis.call('HSET', KEYS[1], 'd', next)
-  redis.call('ZADD', KEYS[2], next, ARGV[1])
-else
-  redis.call('HSET', KEYS[1], 'x', now)
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-end
+redis.call('ZADD', KEYS[2], next, ARGV[1])
+redis.call('ZADD', KEYS[4], next, ARGV[1])
 return {1, next}
 """
 
-# KEYS: record, due, leases. ARGV: id, max attempts, retention ms.
+# ARGV: id, max attempts, retention ms.
 # A firing timer whose lease has run out goes back to retrying (due now), or
 # to failed when that was its last attempt. Returns the new status or false.
-_EXPIRE_LEASE = _NOW_MS + """
+_EXPIRE_LEASE = _NOW_MS + _FINALIZE + """
 local r = redis.call('HMGET', KEYS[1], 's', 'l', 'a')
 if r[1] ~= 'firing' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   return false
 end
 if tonumber(r[2] or 0) > now then return false end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[1], 'l')
 if tonumber(r[3]) >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 's', 'failed', 'x', now, 'e', 'lease expired on the last attempt')
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('HSET', KEYS[1], 'e', 'lease expired on the last attempt')
+  finalize('failed', ARGV[1], ARGV[3])
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 's', 'retrying', 'd', now, 'e', 'lease expired (delivery cut off)')
+redis.call('HDEL', KEYS[1], 'l')
+redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZADD', KEYS[4], now, ARGV[1])
 return 'retrying'
 """
+
+# ARGV: id, retention ms. Cancels a pending timer; returns the status the
+# timer had ('missing' when there is none); only a pending one changes.
+_CANCEL = _NOW_MS + _FINALIZE + """
+local st = redis.call('HGET', KEYS[1], 's')
+if st == 'scheduled' or st == 'retrying' then finalize('cancelled', ARGV[1], ARGV[2]) end
+return st or 'missing'
+"""
+
+
+_RECORD_FIELDS = ("u", "f", "s", "a", "e")
+
+
+def _record(fields):
+    """A record dict from the HMGET of :data:`_RECORD_FIELDS`, or None if absent."""
+    url, fire, status, attempts, error = fields
+    if status is None:
+        return None
+    return {"url": url.decode(), "fire_at": int(fire), "status": status.decode(),
+            "attempts": int(attempts), "last_error": error.decode() if error else None}
 
 
 def home_shard(timer_id):
@@ -155,6 +196,7 @@ class Claim:
     fire_at_ms: int = 0
     now_ms: int = 0
     due_ms: int = 0
+    request_id: str = ""
 
 
 class Shard:
@@ -168,6 +210,8 @@ class Shard:
         tag = queues.storage_name(index)
         self.due_key = f"due:{tag}"
         self.leases_key = f"lease:{tag}"
+        self.retries_key = f"retry:{tag}"
+        self.done_keys = {status: f"done:{tag}:{status}" for status in FINAL}
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
         self.create = self.redis.register_script(_CREATE)
@@ -175,14 +219,28 @@ class Shard:
         self.claim = self.redis.register_script(_CLAIM)
         self.finish = self.redis.register_script(_FINISH)
         self.expire_lease = self.redis.register_script(_EXPIRE_LEASE)
+        self.cancel = self.redis.register_script(_CANCEL)
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""
         return self._record_prefix + str(timer_id)
 
     def timer_keys(self, timer_id):
-        """[record, due index, lease index] keys, the KEYS of most scripts."""
-        return [self.record_key(timer_id), self.due_key, self.leases_key]
+        """The KEYS of the state-changing scripts: record, due, leases, retries,
+        and the done indexes of fired, failed, cancelled."""
+        return [self.record_key(timer_id), self.due_key, self.leases_key, self.retries_key,
+                *self.done_keys.values()]
+
+    def index_key(self, status):
+        """The sorted set that lists timers of ``status`` on this shard.
+
+        ``scheduled`` shares the due index with ``retrying`` timers, which
+        listing skips.
+        """
+        if status in FINAL:
+            return self.done_keys[status]
+        return {"scheduled": self.due_key, "retrying": self.retries_key,
+                "firing": self.leases_key}[status]
 
 
 class TimerStore:
@@ -222,20 +280,21 @@ class TimerStore:
         known = {int(i) for i in self.control.smembers(SHARDS_KEY)}
         return sorted(known | set(range(count)))
 
-    def create(self, url, delay_ms, shard_index):
+    def create(self, url, delay_ms, shard_index, request_id=""):
         """Store a new pending timer on shard ``shard_index``, atomically with its due entry.
 
         Args:
             url: webhook base URL (already validated).
             delay_ms: milliseconds from now (Redis clock) to the fire time.
             shard_index: the shard that will hold and fire it.
+            request_id: the creating request's id, logged with every delivery.
         Returns:
             (timer id, record dict as :meth:`get` returns it, now epoch ms).
         """
         timer_id = self.control.incr(SEQ_KEY) * SHARD_ID_BASE + shard_index
         shard = self.shard(shard_index)
         fire_ms, created_ms = shard.create(keys=[shard.record_key(timer_id), shard.due_key],
-                                           args=[timer_id, url, delay_ms])
+                                           args=[timer_id, url, delay_ms, request_id])
         record = {"url": url, "fire_at": fire_ms, "status": "scheduled", "attempts": 0,
                   "last_error": None}
         return timer_id, record, created_ms
@@ -250,14 +309,58 @@ class TimerStore:
         """
         shard = self._home(timer_id)
         pipe = shard.redis.pipeline(transaction=False)
-        pipe.hmget(shard.record_key(timer_id), "u", "f", "s", "a", "e")
+        pipe.hmget(shard.record_key(timer_id), *_RECORD_FIELDS)
         pipe.time()
-        (url, fire, status, attempts, error), (secs, micros) = pipe.execute()
-        now = secs * 1000 + micros // 1000
-        if status is None:
-            return None, now
-        return {"url": url.decode(), "fire_at": int(fire), "status": status.decode(),
-                "attempts": int(attempts), "last_error": error.decode() if error else None}, now
+        fields, (secs, micros) = pipe.execute()
+        return _record(fields), secs * 1000 + micros // 1000
+
+    def list(self, status, indexes, limit, after=None):
+        """One page of timers with ``status`` across shards ``indexes``.
+
+        Order: by the status's index score (due time for pending timers, lease
+        end for firing ones, finish time for finished ones), then by id text.
+        Each page costs a few bounded range reads per shard, never a scan.
+
+        Args:
+            status: one of :data:`STATUSES`.
+            limit: page size (>= 1).
+            after: the (score, id) of the last timer of the previous page.
+        Returns:
+            ([(timer id, record)], (score, id) of the last one if more may
+            follow, else None).
+        """
+        after = after or (float("-inf"), "")
+        found = []
+        for index in indexes:
+            found += self._page(self.shard(index), status, after, limit + 1)
+        found.sort(key=lambda item: (item[0], str(item[1])))
+        page = found[:limit]
+        more = len(found) > limit
+        return [(timer_id, record) for _, timer_id, record in page], (
+            (page[-1][0], str(page[-1][1])) if more else None)
+
+    def _page(self, shard, status, after, want):
+        """Up to ``want`` (score, id, record) of ``status`` on ``shard`` after ``after``."""
+        score, member = after
+        key = shard.index_key(status)
+        out = []
+        offset = 0
+        while len(out) < want:
+            batch = shard.redis.zrangebyscore(key, score, "+inf", start=offset, num=want * 2,
+                                              withscores=True)
+            if not batch:
+                break
+            offset += len(batch)
+            batch = [(m, sc) for m, sc in batch if sc > score or m.decode() > member]
+            pipe = shard.redis.pipeline(transaction=False)
+            for m, _ in batch:
+                pipe.hmget(shard.record_key(int(m)), *_RECORD_FIELDS)
+            for (m, sc), fields in zip(batch, pipe.execute(), strict=True):
+                record = _record(fields)
+                # Expired records and retrying timers in the due index are skipped.
+                if record is not None and record["status"] == status and len(out) < want:
+                    out.append((sc, int(m), record))
+        return out
 
     def feed(self, due_index, queue_index, visibility_ms, limit=FEED_BATCH):
         """Move up to ``limit`` due timers of shard ``due_index`` onto ``queue_index``'s queue.
@@ -291,7 +394,7 @@ class TimerStore:
         if status != "firing":
             return Claim(status)
         return Claim(status, attempt=int(res[1]), url=res[2].decode(),
-                     fire_at_ms=int(res[3]), now_ms=int(res[4]))
+                     fire_at_ms=int(res[3]), now_ms=int(res[4]), request_id=res[5].decode())
 
     def finish(self, timer_id, attempt, status, last_error="", retry_delay_ms=0):
         """Record the outcome of delivery attempt ``attempt``.
@@ -322,6 +425,35 @@ class TimerStore:
         res = shard.expire_lease(keys=shard.timer_keys(timer_id),
                                  args=[timer_id, max_attempts, self.retention_ms])
         return res.decode() if res else None
+
+    def cancel(self, timer_id):
+        """Cancel a pending timer so that it never fires.
+
+        Returns:
+            the status it had: ``scheduled`` or ``retrying`` (now cancelled),
+            ``cancelled`` (already), ``firing``/``fired``/``failed`` (too late,
+            unchanged) or ``missing``. Atomic with claims: of a cancel and a
+            claim racing, exactly one wins.
+        """
+        shard = self._home(timer_id)
+        return shard.cancel(keys=shard.timer_keys(timer_id),
+                            args=[timer_id, self.retention_ms]).decode()
+
+    def trim_finished(self, indexes):
+        """Drop finished timers older than the retention period from the done indexes.
+
+        Returns:
+            how many entries were removed.
+        """
+        cutoff = now_ms(self.control) - self.retention_ms
+        removed = 0
+        for index in indexes:
+            shard = self.shard(index)
+            pipe = shard.redis.pipeline(transaction=False)
+            for key in shard.done_keys.values():
+                pipe.zremrangebyscore(key, "-inf", cutoff)
+            removed += sum(pipe.execute())
+        return removed
 
     def depths(self, indexes):
         """Per shard in ``indexes``: (scheduled, queued, in_flight) counts.

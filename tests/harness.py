@@ -183,7 +183,7 @@ class Service:
         self.log_dir = log_dir
         self.env = dict(os.environ, REDIS_URL=redis_url, PORT=str(self.port), HOST="127.0.0.1",
                         TIMER_API_WORKERS="2", TIMER_RECOVERY_INTERVAL_SECONDS="1",
-                        PYTHONPATH=ROOT)
+                        TIMER_DATA_DIR=log_dir, PYTHONPATH=ROOT)
         self.env.update(env or {})
         self.processes = {}
 

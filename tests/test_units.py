@@ -9,7 +9,7 @@ import itertools
 import falcon
 import pytest
 
-from api.app import rfc3339_ms, time_left_s
+from api.resources import rfc3339_ms, time_left_s
 from api.validation import MAX_URL_LENGTH, FieldError, parse_create
 from sharding.balancer import LeastBusy
 from sharding.queues import message_for, timer_of

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from sharding import process
+from sharding import metrics, process
 
 log = logging.getLogger("workers.pool")
 
@@ -50,6 +50,7 @@ def main():
             if code is not None and not stop.is_set():
                 log.warning("consumer exited, restarting", extra={
                     "shard": member.shard, "slot": member.slot, "returncode": code})
+                metrics.process_exited(member.process.pid)
                 member.start()
     for member in members:
         if member.process.poll() is None:

@@ -8,6 +8,7 @@ arrives for a timer already fired, failed or cancelled does nothing.
 
 import logging
 
+from sharding import logs, metrics
 from workers.delivery import backoff_s
 
 log = logging.getLogger("workers.tasks")
@@ -34,8 +35,19 @@ def fire_timer(timer_id, store, sender, settings):
     if claim.status != "firing":
         log.info("timer not claimable", extra={"timer_id": timer_id, "status": claim.status})
         return claim.status
+    token = logs.request_id.set(claim.request_id or None)
+    try:
+        return _attempt(timer_id, claim, store, sender, settings)
+    finally:
+        logs.request_id.reset(token)
+
+
+def _attempt(timer_id, claim, store, sender, settings):
     lateness_s = (claim.now_ms - claim.fire_at_ms) / 1000
+    if claim.attempt == 1:
+        metrics.FIRE_LATENESS.observe(max(lateness_s, 0.0))
     outcome = sender.send(claim.url, timer_id)
+    metrics.WEBHOOK_ATTEMPTS.labels(outcome.kind).inc()
     if outcome.kind == "ok":
         status, delay_s = "fired", 0.0
     elif outcome.kind == "retry" and claim.attempt < settings.webhook_max_attempts:
@@ -46,6 +58,8 @@ def fire_timer(timer_id, store, sender, settings):
     else:
         status, delay_s = "failed", 0.0
     applied, _ = store.finish(timer_id, claim.attempt, status, outcome.error, delay_s * 1000)
+    if applied and status == "fired":
+        metrics.TIMER_FIRED.inc()
     log.info("delivery attempt", extra={
         "timer_id": timer_id, "attempt": claim.attempt, "outcome": outcome.kind,
         "status": status, "error": outcome.error, "lateness_s": round(lateness_s, 3),

@@ -1,0 +1,41 @@
+"""Falcon middleware: request ids and request metrics."""
+
+import re
+import secrets
+import time
+
+from sharding import logs, metrics
+
+# X-Request-ID values are echoed into logs and headers: keep them printable and short.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,64}$")
+
+
+def new_request_id():
+    """A fresh request id: 16 URL-safe characters (96 random bits)."""
+    return secrets.token_urlsafe(12)
+
+
+class RequestContext:
+    """Gives every request an id and records its duration.
+
+    The id is the client's ``X-Request-ID`` when it is 1-64 printable
+    characters, else a fresh one; it is echoed in the response's
+    ``X-Request-ID`` and added to every log line of the request
+    (``sharding.logs.request_id``). Durations go to
+    ``timer_http_request_duration_seconds{method, route, status}``.
+    """
+
+    def process_request(self, req, resp):
+        """Assign the request id and start the clock."""
+        given = req.get_header("X-Request-ID") or ""
+        req.context.request_id = given if _VALID_REQUEST_ID.match(given) else new_request_id()
+        req.context.started = time.monotonic()
+        req.context.log_token = logs.request_id.set(req.context.request_id)
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        """Echo the request id, record the duration, and clear the log context."""
+        resp.set_header("X-Request-ID", req.context.request_id)
+        route = req.uri_template or "unmatched"
+        metrics.HTTP_DURATION.labels(req.method, route, resp.status_code).observe(
+            time.monotonic() - req.context.started)
+        logs.request_id.reset(req.context.log_token)

@@ -1,0 +1,260 @@
+"""The OpenAPI 3.1 document of the whole contract, and the ``/docs`` page rendering it.
+
+``/docs`` is Swagger UI 5 from the static files bundled in the
+``drf-spectacular-sidecar`` package (located without importing it, so its
+declared Django dependency is never loaded): no CDN, the page works offline.
+"""
+
+import importlib.util
+import os
+
+from sharding.config import SERVICE_NAME, VERSION
+from sharding.store import STATUSES
+
+
+def _error(description, example_title, example_description):
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"},
+        "example": {"title": example_title, "description": example_description}}}}
+
+
+_BAD_REQUEST = _error("Invalid input; the body names the field and the rule.", "Invalid field",
+                      "'hours': must be an integer >= 0")
+_UNAUTHORIZED = {**_error("Missing or invalid bearer token (only when TIMER_API_TOKENS is set).",
+                          "Unauthorized", "a valid bearer token is required"),
+                 "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                  "example": "Bearer"}}}
+_NOT_FOUND = _error("No timer with this id (unknown or malformed).", "Timer not found",
+                    "no timer with id 42")
+_UNAVAILABLE = {**_error("Redis did not answer.", "Timer store unavailable",
+                         "Redis did not answer: ConnectionError"),
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+_REQUEST_ID = {"X-Request-ID": {"description": "The request id (the client's, or a new one).",
+                                "schema": {"type": "string"}}}
+_TIMER_ID = {"name": "id", "in": "path", "required": True,
+             "schema": {"type": "integer", "minimum": 1}, "example": 1002}
+_AUTH = [{}, {"bearer": []}]
+
+TIMER_EXAMPLE = {"id": 43002, "time_left": 345, "status": "scheduled",
+                 "fire_at": "2026-11-29T17:30:00.000Z", "url": "https://example.com/hook",
+                 "attempts": 0, "last_error": None}
+
+
+def _json(schema, example=None):
+    content = {"schema": schema}
+    if example is not None:
+        content["example"] = example
+    return {"application/json": content}
+
+
+def document():
+    """The OpenAPI 3.1 document (a dict)."""
+    timer_ref = {"$ref": "#/components/schemas/Timer"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": SERVICE_NAME, "version": VERSION,
+            "description": (
+                "Webhook timers: store a timer, read how many seconds are left, and at the fire "
+                "time the service sends `POST <url>/<id>` with an empty body and the headers "
+                "`webhook-id`, `webhook-timestamp`, `User-Agent` (and `webhook-signature` per "
+                "Standard Webhooks when `TIMER_WEBHOOK_SECRET` is set). Any 2xx is success; "
+                "connection errors, timeouts, 408, 429 and 5xx are retried with exponential "
+                "backoff and full jitter, honouring Retry-After; other 4xx and every 3xx fail."),
+        },
+        "paths": {
+            "/timers": {
+                "post": {
+                    "summary": "Create a timer", "operationId": "createTimer", "security": _AUTH,
+                    "parameters": [{
+                        "name": "Idempotency-Key", "in": "header", "required": False,
+                        "description": "Same key and body within 24 h: the original response. "
+                                       "Another body: 422. First request still running: 409.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                    "requestBody": {"required": True, "content": _json(
+                        {"$ref": "#/components/schemas/TimerCreate"},
+                        {"hours": 4, "minutes": 0, "seconds": 1, "url": "https://example.com/hook"})},
+                    "responses": {
+                        "201": {"description": "Created (or replayed under an Idempotency-Key).",
+                                "headers": {"Location": {"schema": {"type": "string"},
+                                                         "example": "/timers/43002"},
+                                            **_REQUEST_ID},
+                                "content": _json(timer_ref, TIMER_EXAMPLE)},
+                        "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
+                        "409": _error("A request with this Idempotency-Key is in flight.",
+                                      "Request in progress", "a request with this Idempotency-Key "
+                                      "is still being processed"),
+                        "413": _error("Body over 64 KiB.", "Content Too Large",
+                                      "the body must be at most 65536 bytes"),
+                        "415": _error("Content-Type is not application/json.", "Unsupported Media Type",
+                                      "Content-Type must be application/json"),
+                        "422": _error("Idempotency-Key reused with another body.",
+                                      "Idempotency-Key reused",
+                                      "this Idempotency-Key was used with a different request body"),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+                "get": {
+                    "summary": "List timers by status", "operationId": "listTimers", "security": _AUTH,
+                    "parameters": [
+                        {"name": "status", "in": "query", "required": True,
+                         "schema": {"type": "string", "enum": list(STATUSES)}},
+                        {"name": "limit", "in": "query", "required": False,
+                         "description": "Page size; values above 1000 are capped at 1000.",
+                         "schema": {"type": "integer", "minimum": 1, "default": 100}},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "description": "`next_cursor` of the previous page.",
+                         "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "A page of timers.", "headers": _REQUEST_ID,
+                                "content": _json({"$ref": "#/components/schemas/TimerPage"},
+                                                 {"timers": [TIMER_EXAMPLE], "next_cursor": None})},
+                        "400": _BAD_REQUEST, "401": _UNAUTHORIZED, "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/timers/{id}": {
+                "get": {
+                    "summary": "Read a timer", "operationId": "getTimer", "security": _AUTH,
+                    "parameters": [_TIMER_ID],
+                    "responses": {"200": {"description": "The timer.", "headers": _REQUEST_ID,
+                                          "content": _json(timer_ref, TIMER_EXAMPLE)},
+                                  "401": _UNAUTHORIZED, "404": _NOT_FOUND, "503": _UNAVAILABLE},
+                },
+                "delete": {
+                    "summary": "Cancel a timer", "operationId": "cancelTimer", "security": _AUTH,
+                    "parameters": [_TIMER_ID],
+                    "responses": {
+                        "204": {"description": "Cancelled (or already cancelled); it never fires."},
+                        "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+                        "409": _error("Already firing, fired or failed.", "Timer cannot be cancelled",
+                                      "timer 43002 is already fired"),
+                        "503": _UNAVAILABLE},
+                },
+            },
+            "/shards": {"get": {
+                "summary": "Shard depths", "operationId": "getShards", "security": _AUTH,
+                "responses": {"200": {"description": "One entry per shard.", "content": _json(
+                    {"$ref": "#/components/schemas/Shards"},
+                    {"shards": [{"index": 0, "queue": "timers-0", "scheduled": 12, "queued": 0,
+                                 "in_flight": 0}]})},
+                              "401": _UNAUTHORIZED, "503": _UNAVAILABLE}}},
+            "/healthz": {"get": {
+                "summary": "Liveness", "operationId": "health",
+                "responses": {"200": {"description": "The process serves requests.",
+                                      "content": _json(_status_schema(), {"status": "ok"})}}}},
+            "/readyz": {"get": {
+                "summary": "Readiness", "operationId": "ready",
+                "responses": {"200": {"description": "Redis answers.",
+                                      "content": _json(_status_schema(), {"status": "ready"})},
+                              "503": _error("Redis does not answer.", "Not ready",
+                                            "Redis did not answer PING: ConnectionError")}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics", "operationId": "metrics",
+                "responses": {"200": {"description": "Prometheus text exposition format.",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "Required when TIMER_API_TOKENS is set."}},
+            "schemas": {
+                "TimerCreate": {
+                    "type": "object", "additionalProperties": False, "required": ["url"],
+                    "properties": {
+                        "hours": {"type": "integer", "minimum": 0, "default": 0},
+                        "minutes": {"type": "integer", "minimum": 0, "default": 0},
+                        "seconds": {"type": "integer", "minimum": 0, "default": 0},
+                        "url": {"type": "string", "format": "uri", "maxLength": 2048,
+                                "pattern": "^[hH][tT][tT][pP][sS]?://[^\\s/?#]+[^\\s]*$",
+                                "description": "Absolute http or https URL with a host."}},
+                    "description": "Total delay hours*3600 + minutes*60 + seconds, at most "
+                                   "TIMER_MAX_DELAY_SECONDS (default 365 days)."},
+                "Timer": {
+                    "type": "object",
+                    "required": ["id", "time_left", "status", "fire_at", "url", "attempts", "last_error"],
+                    "properties": {
+                        "id": {"type": "integer", "minimum": 1},
+                        "time_left": {"type": "integer", "minimum": 0,
+                                      "description": "Whole seconds to the fire time, rounded up."},
+                        "status": {"type": "string", "enum": list(STATUSES)},
+                        "fire_at": {"type": "string", "format": "date-time"},
+                        "url": {"type": "string"},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "last_error": {"type": ["string", "null"]}}},
+                "TimerPage": {
+                    "type": "object", "required": ["timers", "next_cursor"],
+                    "properties": {"timers": {"type": "array", "items": timer_ref},
+                                   "next_cursor": {"type": ["string", "null"]}}},
+                "Shards": {
+                    "type": "object", "required": ["shards"],
+                    "properties": {"shards": {"type": "array", "items": {
+                        "type": "object", "required": ["index", "scheduled", "queued"],
+                        "properties": {"index": {"type": "integer", "minimum": 0},
+                                       "queue": {"type": "string"},
+                                       "scheduled": {"type": "integer", "minimum": 0},
+                                       "queued": {"type": "integer", "minimum": 0},
+                                       "in_flight": {"type": "integer", "minimum": 0}}}}}},
+                "Error": {
+                    "type": "object", "required": ["title", "description"],
+                    "properties": {"title": {"type": "string"}, "description": {"type": "string"},
+                                   "field": {"type": "string"}, "rule": {"type": "string"}}},
+            },
+        },
+    }
+
+
+def _status_schema():
+    return {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+
+
+_DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title} API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>
+"""
+
+# A separate script, not inline, so a strict Content-Security-Policy can allow 'self' only.
+_DOCS_INIT = "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui'});\n"
+
+
+def swagger_ui_dir():
+    """Directory of Swagger UI's static files inside ``drf-spectacular-sidecar``."""
+    spec = importlib.util.find_spec("drf_spectacular_sidecar")
+    base = list(spec.submodule_search_locations)[0]
+    return os.path.join(base, "static", "drf_spectacular_sidecar", "swagger-ui-dist")
+
+
+class OpenAPIDocument:
+    """``GET /openapi.json``."""
+
+    def __init__(self):
+        self.document = document()
+
+    def on_get(self, req, resp):
+        """200 with the OpenAPI 3.1 document."""
+        resp.media = self.document
+
+
+class DocsPage:
+    """``GET /docs`` (the page) and ``GET /docs/init.js`` (its start-up script)."""
+
+    def on_get(self, req, resp):
+        """The Swagger UI page."""
+        resp.content_type = "text/html; charset=utf-8"
+        resp.text = _DOCS_PAGE.format(title=SERVICE_NAME)
+
+    def on_get_init(self, req, resp):
+        """The script that points Swagger UI at ``/openapi.json``."""
+        resp.content_type = "text/javascript; charset=utf-8"
+        resp.text = _DOCS_INIT
+
+
+def add_routes(app):
+    """Mount ``/openapi.json``, ``/docs``, ``/docs/init.js`` and ``/docs/assets/*`` on ``app``."""
+    app.add_route("/openapi.json", OpenAPIDocument())
+    docs = DocsPage()
+    app.add_route("/docs", docs)
+    app.add_route("/docs/init.js", docs, suffix="init")
+    app.add_static_route("/docs/assets", swagger_ui_dir())

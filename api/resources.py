@@ -1,0 +1,277 @@
+"""HTTP resources: timers, shards, health, readiness and metrics."""
+
+import base64
+import binascii
+import io
+import json
+import logging
+import math
+import time
+
+import falcon
+import falcon.media
+import redis
+
+from api.idempotency import IdempotencyKeys, check_key, fingerprint
+from api.validation import FieldError, parse_create
+from sharding import metrics, queues
+from sharding.store import STATUSES, now_ms
+
+log = logging.getLogger("api")
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+_JSON = falcon.media.JSONHandler()
+
+
+def rfc3339_ms(epoch_ms):
+    """Epoch milliseconds → RFC 3339 UTC text with milliseconds, e.g. ``2026-11-29T17:30:00.250Z``."""
+    secs, millis = divmod(int(epoch_ms), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
+
+
+def time_left_s(record, now):
+    """Whole seconds until the fire time, rounded up; never negative; 0 once cancelled.
+
+    Args:
+        record: a timer record (``fire_at`` in epoch ms, ``status``).
+        now: the Redis clock in epoch ms.
+    """
+    if record["status"] == "cancelled":
+        return 0
+    return max(0, math.ceil((record["fire_at"] - now) / 1000))
+
+
+def timer_view(timer_id, record, now):
+    """The JSON representation of a timer (``shared/CONTRACT.md`` section 3)."""
+    return {
+        "id": timer_id,
+        "time_left": time_left_s(record, now),
+        "status": record["status"],
+        "fire_at": rfc3339_ms(record["fire_at"]),
+        "url": record["url"],
+        "attempts": record["attempts"],
+        "last_error": record["last_error"],
+    }
+
+
+def read_json_body(req):
+    """Read and decode a JSON request body with Falcon's JSON handler.
+
+    Returns:
+        the decoded document.
+    Raises:
+        falcon.HTTPUnsupportedMediaType: Content-Type is not ``application/json``.
+        falcon.HTTPContentTooLarge: more than 64 KiB.
+        falcon.HTTPBadRequest: empty or malformed JSON.
+    """
+    mime = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if mime != falcon.MEDIA_JSON:
+        raise falcon.HTTPUnsupportedMediaType(
+            description=f"Content-Type must be application/json, not {req.content_type!r}")
+    too_large = falcon.HTTPContentTooLarge(
+        description=f"the body must be at most {MAX_BODY_BYTES} bytes")
+    if (req.content_length or 0) > MAX_BODY_BYTES:
+        raise too_large
+    # Without Content-Length (chunked), Falcon's bounded_stream reads nothing;
+    # gunicorn decodes the chunks on the raw stream, which ends at the body's end.
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    raw = stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise too_large
+    return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))
+
+
+def encode_cursor(status, position):
+    """Opaque page cursor for ``status`` after ``position`` = (score, id text)."""
+    raw = json.dumps([status, position[0], position[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor, status):
+    """The (score, id text) in a cursor made by :func:`encode_cursor` for ``status``.
+
+    Raises:
+        FieldError: on ``cursor`` when it is malformed or made for another status.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_status, score, member = json.loads(raw)
+        valid = isinstance(score, (int, float)) and isinstance(member, str) and member.isdigit()
+    except (binascii.Error, ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise FieldError("cursor", "is not a cursor this API returned")
+    if cursor_status != status:
+        raise FieldError("cursor", f"was made for status {cursor_status!r}, not {status!r}")
+    return float(score), member
+
+
+def parse_list_query(req):
+    """``status``, ``limit`` and ``cursor`` of ``GET /timers``.
+
+    Returns:
+        (status, limit capped at 1000, position or None).
+    Raises:
+        FieldError: a missing or unknown status, a limit that is not an
+            integer >= 1, or a bad cursor.
+    """
+    status = req.get_param("status")
+    if status not in STATUSES:
+        raise FieldError("status", "is required, one of: " + ", ".join(STATUSES))
+    raw_limit = req.get_param("limit")
+    limit = DEFAULT_PAGE
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or int(raw_limit) < 1:
+            raise FieldError("limit", "must be an integer >= 1")
+        limit = min(int(raw_limit), MAX_PAGE)
+    cursor = req.get_param("cursor")
+    return status, limit, decode_cursor(cursor, status) if cursor else None
+
+
+class TimerCollection:
+    """``POST /timers`` creates a timer; ``GET /timers`` lists timers by status."""
+
+    def __init__(self, store, balancer, settings):
+        self.store = store
+        self.balancer = balancer
+        self.settings = settings
+        self.idempotency = IdempotencyKeys(store.control)
+        self._registered = False
+
+    def on_post(self, req, resp):
+        """Create a timer: 201 with ``Location`` and the timer; replays under ``Idempotency-Key``."""
+        body = read_json_body(req)
+        delay_s, url = parse_create(body, self.settings.max_delay_seconds)
+        key = req.get_header("Idempotency-Key")
+        if key is None:
+            response = self._create(req, delay_s, url)
+        else:
+            scope, digest = req.context.get("client", ""), fingerprint(body)
+            stored = self.idempotency.begin(scope, check_key(key), digest)
+            if stored is not None:
+                resp.set_header("Idempotent-Replayed", "true")
+                response = stored
+            else:
+                try:
+                    response = self._create(req, delay_s, url)
+                except Exception:
+                    self.idempotency.abandon(scope, key, digest)
+                    raise
+                self.idempotency.complete(scope, key, response)
+        resp.status = falcon.code_to_http_status(response["status"])
+        resp.location = response["location"]
+        resp.media = response["body"]
+
+    def _create(self, req, delay_s, url):
+        if not self._registered:
+            # Lets a coordinator find these shards even after TIMER_SHARDS shrinks.
+            self.store.register_shards(self.settings.shards)
+            self._registered = True
+        shard = self.balancer.choose()
+        timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
+                                                      req.context.request_id)
+        metrics.TIMER_CREATED.inc()
+        log.info("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": delay_s})
+        return {"status": 201, "location": f"/timers/{timer_id}",
+                "body": timer_view(timer_id, record, created)}
+
+    def on_get(self, req, resp):
+        """One page of timers with the given status, and the cursor of the next page."""
+        status, limit, after = parse_list_query(req)
+        indexes = self.store.known_shards(self.settings.shards)
+        items, position = self.store.list(status, indexes, limit, after)
+        now = now_ms(self.store.control)
+        resp.media = {
+            "timers": [timer_view(timer_id, record, now) for timer_id, record in items],
+            "next_cursor": encode_cursor(status, position) if position else None,
+        }
+
+
+class TimerItem:
+    """``GET /timers/{id}`` reads a timer; ``DELETE`` cancels it."""
+
+    def __init__(self, store):
+        self.store = store
+
+    @staticmethod
+    def _not_found(timer_id):
+        return falcon.HTTPNotFound(title="Timer not found", description=f"no timer with id {timer_id}")
+
+    def on_get(self, req, resp, timer_id):
+        """200 with the timer, 404 when unknown."""
+        record, now = self.store.get(timer_id)
+        if record is None:
+            raise self._not_found(timer_id)
+        resp.media = timer_view(timer_id, record, now)
+
+    def on_delete(self, req, resp, timer_id):
+        """204 when cancelled (or already), 409 once firing, fired or failed, 404 when unknown."""
+        status = self.store.cancel(timer_id)
+        if status == "missing":
+            raise self._not_found(timer_id)
+        if status in ("firing", "fired", "failed"):
+            raise falcon.HTTPConflict(title="Timer cannot be cancelled",
+                                      description=f"timer {timer_id} is already {status}")
+        log.info("timer cancelled", extra={"timer_id": timer_id, "was": status})
+        resp.status = falcon.HTTP_204
+
+
+class Shards:
+    """``GET /shards``: depth of every live shard."""
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+
+    def on_get(self, req, resp):
+        """200 with ``{"shards": [{"index", "queue", "scheduled", "queued", "in_flight"}]}``."""
+        indexes = list(range(self.settings.shards))
+        resp.media = {"shards": [
+            {"index": i, "queue": queues.queue_name(i), "scheduled": scheduled,
+             "queued": queued, "in_flight": in_flight}
+            for i, (scheduled, queued, in_flight) in zip(indexes, self.store.depths(indexes), strict=True)
+        ]}
+
+
+class Health:
+    """``GET /healthz``: 200 while the process serves requests."""
+
+    def on_get(self, req, resp):
+        """Always 200 ``{"status": "ok"}``."""
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    """``GET /readyz``: 200 when Redis answers PING within 0.5 s, else 503.
+
+    Args:
+        url: the Redis URL to check.
+    """
+
+    def __init__(self, url):
+        self.client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                           retry=None)
+
+    def on_get(self, req, resp):
+        """200 ``{"status": "ready"}`` or 503 with the error."""
+        try:
+            self.client.ping()
+        except redis.exceptions.RedisError as exc:
+            raise falcon.HTTPServiceUnavailable(
+                title="Not ready", description=f"Redis did not answer PING: {type(exc).__name__}",
+                retry_after=1) from None
+        resp.media = {"status": "ready"}
+
+
+class Metrics:
+    """``GET /metrics``: Prometheus text from every process plus live shard depths."""
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+
+    def on_get(self, req, resp):
+        """200 with the Prometheus text exposition format."""
+        resp.data, resp.content_type = metrics.exposition(self.store, self.settings.shards)
