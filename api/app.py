@@ -11,6 +11,7 @@ import falcon
 import redis
 
 from api import openapi
+from api.auth import BearerAuth
 from api.middleware import RequestContext
 from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem
 from sharding import config
@@ -54,7 +55,10 @@ def create_app(settings=None, store=None):
     settings = settings or config.load()
     store = store or settings.store()
     balancer = LeastBusy(store.loads, settings.shards)
-    app = falcon.App(middleware=[RequestContext()])
+    middleware = [RequestContext()]
+    if settings.api_tokens:
+        middleware.append(BearerAuth(settings.api_tokens))
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
     app.add_error_handler(redis.exceptions.RedisError, _redis_unavailable)

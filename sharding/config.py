@@ -5,9 +5,16 @@ Every setting is optional; the defaults are those of the contract
 """
 
 import dataclasses
+import ipaddress
 import os
 
 from sharding.store import TimerStore
+
+# Webhooks may never reach these (TIMER_WEBHOOK_DENY_NETWORKS default):
+# link-local (cloud metadata at 169.254.169.254), "this network",
+# unspecified, multicast and broadcast.
+DEFAULT_DENY_NETWORKS = ("169.254.0.0/16", "fe80::/10", "0.0.0.0/8", "::/128", "224.0.0.0/4",
+                         "ff00::/8", "255.255.255.255/32")
 
 SERVICE_NAME = "timer-service"
 VERSION = "0.1.0"
@@ -67,6 +74,9 @@ class Settings:
     shutdown_seconds: float
     visibility_seconds: float
     retention_seconds: int
+    webhook_deny_networks: tuple
+    webhook_secrets: tuple
+    api_tokens: tuple
 
     def store(self):
         """A ``sharding.store.TimerStore`` on this configuration's Redis."""
@@ -129,4 +139,24 @@ def load():
         shutdown_seconds=_float_env("TIMER_SHUTDOWN_SECONDS", 3.0, 0.0),
         visibility_seconds=_float_env("TIMER_QUEUE_VISIBILITY_SECONDS", 30.0, 1.0),
         retention_seconds=_int_env("TIMER_RETENTION_SECONDS", 7 * 86400, 1),
+        webhook_deny_networks=_deny_networks(),
+        webhook_secrets=tuple(os.environ.get("TIMER_WEBHOOK_SECRET", "").split()),
+        api_tokens=tuple(t.strip() for t in os.environ.get("TIMER_API_TOKENS", "").split(",") if t.strip()),
     )
+
+
+def parse_networks(text):
+    """Comma-separated CIDRs → tuple of ``ipaddress`` networks.
+
+    Raises:
+        ValueError: a CIDR is invalid.
+    """
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+def _deny_networks():
+    raw = os.environ.get("TIMER_WEBHOOK_DENY_NETWORKS")
+    try:
+        return parse_networks(",".join(DEFAULT_DENY_NETWORKS) if raw is None else raw)
+    except ValueError as exc:
+        raise ConfigError(f"TIMER_WEBHOOK_DENY_NETWORKS: {exc}") from None

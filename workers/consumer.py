@@ -82,7 +82,9 @@ def main(argv=None):
     settings = config.load()
     store = settings.store()
     shard = store.shard(index)
-    tasks.register(shard.huey, store, Sender(settings.webhook_timeout_seconds), settings)
+    sender = Sender(settings.webhook_timeout_seconds, settings.webhook_deny_networks,
+                    settings.webhook_secrets)
+    tasks.register(shard.huey, store, sender, settings)
     consumer = TimerConsumer(
         shard.huey,
         feeder_options={"store": store, "index": index, "tick_s": settings.scheduler_tick_seconds,

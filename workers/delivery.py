@@ -8,6 +8,7 @@ never followed).
 """
 
 import dataclasses
+import datetime
 import email.utils
 import errno
 import random
@@ -16,13 +17,18 @@ import time
 import urllib.parse
 
 import requests
+from standardwebhooks.webhooks import Webhook
 
 from sharding.config import SERVICE_NAME, VERSION
+from workers.ssrf import DeniedDestination, guarded_adapter
 
 USER_AGENT = f"{SERVICE_NAME}/{VERSION}"
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 3600.0
 RETRYABLE_STATUS = frozenset({408, 429})
+# Receivers' response bodies are read up to this size (to reuse the
+# connection), never kept.
+MAX_RESPONSE_READ = 64 * 1024
 
 
 def webhook_url(base, timer_id):
@@ -111,15 +117,32 @@ def _describe(exc):
     return f"connection error: {type(exc).__name__}"
 
 
+def signature_header(signers, msg_id, timestamp_s):
+    """``webhook-signature`` for an empty body: one ``v1,<base64>`` per secret, space-separated.
+
+    Per the Standard Webhooks spec (signed content ``<id>.<timestamp>.<body>``),
+    computed by the ``standardwebhooks`` package; several secrets let
+    receivers rotate keys.
+    """
+    when = datetime.datetime.fromtimestamp(timestamp_s, datetime.UTC)
+    return " ".join(signer.sign(msg_id, when, "") for signer in signers)
+
+
 class Sender:
     """Sends webhook attempts; one ``requests.Session`` per thread (connection reuse).
 
     Args:
         timeout_s: per-attempt timeout in seconds (connect and read).
+        deny: ``ipaddress`` networks webhooks may never reach (checked on the
+            resolved address at connect time, see ``workers.ssrf``).
+        secrets: Standard Webhooks secrets (``whsec_...``); with any, every
+            delivery is signed with each.
     """
 
-    def __init__(self, timeout_s):
+    def __init__(self, timeout_s, deny=(), secrets=()):
         self.timeout_s = timeout_s
+        self.deny = list(deny)
+        self.signers = [Webhook(secret) for secret in secrets]
         self._local = threading.local()
 
     def _session(self):
@@ -129,6 +152,9 @@ class Sender:
             # No proxies or .netrc from the environment: a webhook goes
             # straight to the address its client gave.
             session.trust_env = False
+            adapter = guarded_adapter(self.deny)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
         return session
 
@@ -136,19 +162,21 @@ class Sender:
         """POST an empty body to ``webhook_url(base_url, timer_id)``.
 
         Returns:
-            :class:`Outcome`. Never raises for network or HTTP errors.
+            :class:`Outcome`. Never raises for network, HTTP or policy errors.
         """
-        headers = {
-            "webhook-id": str(timer_id),
-            "webhook-timestamp": str(int(time.time())),
-            "User-Agent": USER_AGENT,
-        }
+        msg_id, timestamp = str(timer_id), int(time.time())
+        headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "User-Agent": USER_AGENT}
+        if self.signers:
+            headers["webhook-signature"] = signature_header(self.signers, msg_id, timestamp)
         try:
-            response = self._session().post(
-                webhook_url(base_url, timer_id), data=b"", headers=headers,
-                timeout=self.timeout_s, allow_redirects=False)
+            with self._session().post(webhook_url(base_url, timer_id), data=b"", headers=headers,
+                                      timeout=self.timeout_s, allow_redirects=False,
+                                      stream=True) as response:
+                response.raw.read(MAX_RESPONSE_READ)
+                return classify(response.status_code, response.headers.get("Retry-After"))
+        except DeniedDestination as exc:
+            return Outcome("fail", f"denied by TIMER_WEBHOOK_DENY_NETWORKS: {exc}")
         except requests.exceptions.InvalidURL as exc:
             return Outcome("fail", f"invalid url: {exc}")
         except requests.exceptions.RequestException as exc:
             return Outcome("retry", _describe(exc))
-        return classify(response.status_code, response.headers.get("Retry-After"))
