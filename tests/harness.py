@@ -187,20 +187,20 @@ class Service:
         self.env.update(env or {})
         self.processes = {}
 
-    def start(self, *names):
-        """Start the named processes (default: all three); wait for the API to answer."""
+    def start(self, *names, ready_path="/shards"):
+        """Start the named processes (default: all); wait for a 200 from the API at ``ready_path``."""
         for name in names or tuple(self.COMMANDS):
             log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
             self.processes[name] = subprocess.Popen(
                 self.COMMANDS[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         if "api" in self.processes:
-            wait_until(self._api_up, timeout=20, message="the API to answer")
+            wait_until(lambda: self._answers(ready_path), timeout=20, message="the API to answer")
         return self
 
-    def _api_up(self):
+    def _answers(self, path):
         try:
-            return requests.get(f"{self.url}/shards", timeout=1).status_code == 200
+            return requests.get(f"{self.url}{path}", timeout=1).status_code == 200
         except requests.RequestException:
             return False
 
