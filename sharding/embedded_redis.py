@@ -14,11 +14,9 @@ nothing and idles until signalled, because honcho stops every process as
 soon as one exits.
 """
 
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import time
 
@@ -62,15 +60,6 @@ def server_command(binary, data_dir, socket_path=None, port=0):
     return command
 
 
-def _die_with_parent():
-    # Runs in the child before exec: Linux PR_SET_PDEATHSIG (prctl(2)), so a
-    # kill -9 of this wrapper never leaves Redis running without it.
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def _drain(url, deadline):
     """Wait until no other client is connected to Redis, or ``deadline`` (monotonic s)."""
     client = redis.Redis.from_url(url, socket_timeout=1)
@@ -99,7 +88,7 @@ def main():
     # A session of its own: honcho's SIGTERM to our process group must not
     # reach Redis before the other processes have finished with it.
     server = subprocess.Popen(command, cwd=settings.data_dir, start_new_session=True,
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=process.die_with_parent)
     log.info("embedded redis started", extra={"socket": socket_path, "redis_pid": server.pid})
     while not stop.wait(0.5):
         if server.poll() is not None:

@@ -1,5 +1,6 @@
 """Start-up shared by the service's long-running processes."""
 
+import ctypes
 import logging
 import signal
 import threading
@@ -29,3 +30,15 @@ def start(component):
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     return settings, stop
+
+
+def die_with_parent():
+    """Ask Linux to SIGTERM this process when its parent dies (prctl(2) PR_SET_PDEATHSIG).
+
+    Used in children that run in a session of their own, so that a kill -9
+    of their supervisor never leaves them running. A no-op elsewhere.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass

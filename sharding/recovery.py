@@ -10,8 +10,8 @@ truth, so a recovery pass:
    ``retrying``, due now (or ``failed`` after their last attempt);
 2. makes due again every pending timer that a feeder put on a live queue
    (it is hidden in the due index) but that no live queue holds any more,
-   once it has been hidden for longer than the grace period (a full pass, as
-   at startup, does not wait);
+   once it is overdue by more than the grace period (a full pass, as at
+   startup, does not wait);
 3. feeds the due timers of retired shards (no consumer reads them) onto the
    least-busy live shards;
 4. drops finished timers older than the retention period from the listing
@@ -55,13 +55,21 @@ def _expire_leases(store, indexes, now, max_attempts):
     return counts
 
 
-def _reveal_lost(shard, now, cutoff):
-    """Make due now the hidden timers of ``shard`` hidden until ``cutoff`` or
-    earlier whose message is not on the queue. Returns how many."""
-    hidden = shard.redis.zrangebyscore(shard.due_key, f"({now}", cutoff)
-    if not hidden:
-        return 0
-    lost = {int(m) for m in hidden} - _queued_ids(shard)
+def _reveal_lost(shard, now, visibility_ms, overdue_ms):
+    """Make due now the timers of ``shard`` that a feeder hid (put on the queue)
+    but that the queue no longer holds, once they are ``overdue_ms`` past due.
+
+    Hidden timers are scored up to ``now + visibility_ms``, like timers that
+    are merely due soon; only a hidden one has a due time in the past.
+    Returns how many were made due.
+    """
+    ahead = shard.redis.zrangebyscore(shard.due_key, f"({now}", now + visibility_ms)
+    candidates = sorted({int(m) for m in ahead} - _queued_ids(shard)) if ahead else []
+    pipe = shard.redis.pipeline(transaction=False)
+    for timer_id in candidates:
+        pipe.hmget(shard.record_key(timer_id), "d", "f")
+    lost = [timer_id for timer_id, (due, fire) in zip(candidates, pipe.execute(), strict=True)
+            if (due or fire) is not None and int(due or fire) <= now - overdue_ms]
     if lost:
         # XX: a timer claimed since the read has left the index and stays out.
         shard.redis.zadd(shard.due_key, dict.fromkeys(lost, now), xx=True)
@@ -86,8 +94,8 @@ def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=N
         live_count: number N of live shards (``0..N-1``).
         max_attempts: delivery attempts before a timer is failed.
         visibility_ms: the feeders' visibility timeout in milliseconds.
-        grace_ms: how long a fed timer may be missing from its queue before it
-            is made due again; None for a full pass (no wait, as at startup).
+        grace_ms: how overdue a fed timer missing from its queue must be before
+            it is made due again; None for a full pass (no wait, as at startup).
     Returns:
         dict of counts: ``leases_retrying``, ``leases_failed``, ``lost``
         (made due again), ``retired_fed`` (fed from retired shards),
@@ -96,8 +104,7 @@ def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=N
     now = now_ms(store.control)
     known = store.known_shards(live_count)
     leases = _expire_leases(store, known, now, max_attempts)
-    cutoff = now + visibility_ms - (grace_ms or 0)
-    lost = sum(_reveal_lost(store.shard(i), now, cutoff) for i in range(live_count))
+    lost = sum(_reveal_lost(store.shard(i), now, visibility_ms, grace_ms or 0) for i in range(live_count))
     retired = [i for i in known if i >= live_count]
     retired_fed = sum(_feed_retired(store, balancer, i, visibility_ms) for i in retired)
     return {"leases_retrying": leases["retrying"], "leases_failed": leases["failed"],

@@ -1,0 +1,213 @@
+"""End to end: the operator's path, ``honcho start -f Procfile`` (what ``make run`` executes).
+
+Embedded Redis with its AOF in ``TIMER_DATA_DIR``, Ctrl-C (SIGINT to honcho)
+stops every process, and a second start on the same data directory resumes
+the timers; with ``REDIS_URL`` set no Redis is started.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import psutil
+import pytest
+import requests
+
+from tests.harness import BIN, ROOT, free_port, wait_until
+from tests.test_delivery import fire_at_epoch
+
+
+def _api_up(url):
+    try:
+        return requests.get(f"{url}/shards", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def run_processes(data_dir):
+    """Live processes of the run on ``data_dir``: its env names it, or its command line does."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if data_dir in " ".join(proc.cmdline()) or proc.environ().get("TIMER_DATA_DIR") == data_dir:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+class Honcho:
+    """``honcho start -f Procfile -p <port>`` in the repository root, output to ``log_path``."""
+
+    def __init__(self, data_dir, log_path, redis_url=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env.update(TIMER_DATA_DIR=data_dir, PATH=BIN + os.pathsep + os.environ.get("PATH", ""),
+                   PYTHONUNBUFFERED="1")
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        self.env = env
+        self.process = None
+
+    def start(self):
+        """Start honcho and wait until the API answers."""
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [os.path.join(BIN, "honcho"), "start", "-f", "Procfile", "-p", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_until(lambda: self.process.poll() is not None or _api_up(self.url), timeout=30,
+                   message="the API started by honcho")
+        assert self.process.poll() is None, f"honcho exited:\n{self.log()}"
+        return self
+
+    def log(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def consumers_ready(self, count=8):
+        wait_until(lambda: self.log().count("Huey consumer started") >= count, timeout=30,
+                   message=f"{count} consumers to start")
+
+    def interrupt(self, timeout=10):
+        """Ctrl-C: SIGINT to honcho; return how long it took to exit by itself."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"honcho did not exit within {timeout}s of SIGINT:\n{self.log()}") from None
+        return time.monotonic() - started
+
+    def kill(self):
+        """Clean-up: SIGKILL honcho's session if it still runs."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def create(self, url, seconds):
+        response = requests.post(f"{self.url}/timers", json={"url": url, "seconds": seconds}, timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def get(self, timer_id):
+        response = requests.get(f"{self.url}/timers/{timer_id}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+def run_dir():
+    """A short data directory (unix socket paths must stay short); removed afterwards."""
+    data_dir = tempfile.mkdtemp(prefix="t", dir="/tmp")
+    yield data_dir
+    leftovers = run_processes(data_dir)
+    for proc in leftovers:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def honchos():
+    """Every Honcho made in a test; killed afterwards if still running."""
+    made = []
+    yield made
+    for honcho in made:
+        honcho.kill()
+
+
+def wait_fired(honcho, timer_id, timeout=10):
+    return wait_until(lambda: (t := honcho.get(timer_id))["status"] == "fired" and t, timeout=timeout,
+                      message=f"timer {timer_id} to be fired")
+
+
+def test_honcho_run_delivers_stops_on_ctrl_c_and_resumes_from_the_aof(run_dir, honchos, receiver, tmp_path):
+    receiver.reset()
+    log_path = str(tmp_path / "honcho.log")
+    first = Honcho(run_dir, log_path)
+    honchos.append(first)
+    first.start()
+    first.consumers_ready()
+
+    timer = first.create(f"{receiver.url}/run", seconds=2)
+    path = f"/run/{timer['id']}"
+    wait_until(lambda: receiver.received(path), timeout=10, message="the first webhook")
+    done = wait_fired(first, timer["id"])
+    assert (done["time_left"], done["status"], done["attempts"]) == (0, "fired", 1)
+    assert len(receiver.received(path)) == 1
+    assert receiver.received(path)[0]["at"] - fire_at_epoch(timer["fire_at"]) <= 1.5
+
+    later = first.create(f"{receiver.url}/resume", seconds=4)
+    later_fire = fire_at_epoch(later["fire_at"])
+    later_path = f"/resume/{later['id']}"
+    took = first.interrupt(timeout=10)
+    assert took <= 10
+    wait_until(lambda: run_processes(run_dir) == [], timeout=3,
+               message=f"no process of the run left: {run_processes(run_dir)}")
+    assert os.path.exists(os.path.join(run_dir, "appendonly.aof")) or os.path.isdir(
+        os.path.join(run_dir, "appendonlydir")), os.listdir(run_dir)
+    assert receiver.received(later_path) == []
+
+    # Everything is down: nothing to poll, so wait out the fire time.
+    time.sleep(max(0.0, later_fire + 0.5 - time.time()))
+    assert receiver.received(later_path) == []
+    second = Honcho(run_dir, log_path)
+    honchos.append(second)
+    restarted = time.time()
+    second.start()
+
+    wait_until(lambda: receiver.received(later_path), timeout=20, message="the resumed webhook")
+    resumed = wait_fired(second, later["id"])
+    assert (resumed["time_left"], resumed["status"], resumed["attempts"]) == (0, "fired", 1)
+    assert receiver.received(later_path)[0]["at"] <= restarted + 8
+    first_timer = second.get(timer["id"])
+    assert (first_timer["status"], first_timer["attempts"]) == ("fired", 1)
+    wait_until(lambda: all(s["scheduled"] == 0 and s["queued"] == 0 for s in
+                           requests.get(f"{second.url}/shards", timeout=5).json()["shards"]),
+               timeout=5, message="the shards to drain")
+    assert len(receiver.received(later_path)) == 1
+    assert len(receiver.received(path)) == 1
+    assert len(receiver.received()) == 2
+
+    second.interrupt(timeout=10)
+    wait_until(lambda: run_processes(run_dir) == [], timeout=3,
+               message=f"no process of the run left: {run_processes(run_dir)}")
+
+
+def test_honcho_run_with_redis_url_starts_no_redis(run_dir, honchos, receiver, redis_client, redis_server,
+                                                    tmp_path):
+    receiver.reset()
+    honcho = Honcho(run_dir, str(tmp_path / "honcho.log"), redis_url=redis_server.url)
+    honchos.append(honcho)
+    honcho.start()
+    wait_until(lambda: "REDIS_URL is set; not starting an embedded Redis" in honcho.log(), timeout=10,
+               message="the redis process to log that it starts nothing")
+    tree = psutil.Process(honcho.process.pid).children(recursive=True)
+    assert [p.pid for p in tree if p.name() == "redis-server"] == []
+    assert not os.path.exists(os.path.join(run_dir, "redis.sock"))
+    honcho.consumers_ready()
+
+    timer = honcho.create(f"{receiver.url}/external", seconds=1)
+    timer_id = timer["id"]
+    # The record lives in the REDIS_URL server (whatever its key layout).
+    assert [k for k in redis_client.scan_iter(f"*:{timer_id}") if b"{timers-" in k] != []
+    wait_until(lambda: receiver.received(f"/external/{timer_id}"), timeout=10, message="the webhook")
+    done = wait_fired(honcho, timer_id)
+    assert (done["time_left"], done["status"], done["attempts"]) == (0, "fired", 1)
+    assert len(receiver.received(f"/external/{timer_id}")) == 1
+
+    honcho.interrupt(timeout=10)
+    wait_until(lambda: run_processes(run_dir) == [], timeout=3,
+               message=f"no process of the run left: {run_processes(run_dir)}")
+    assert redis_server.process.poll() is None, "stopping the service stopped the external Redis"
+    assert redis_client.ping()

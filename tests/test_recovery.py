@@ -1,0 +1,234 @@
+"""End to end: no timer is lost or fired twice across restarts, crashes and a shard shrink.
+
+Real processes throughout (``tests/harness.py``); crashes are simulated by
+signals and by removing a timer's message from its Huey schedule, which is
+exactly the state a crash between storing a timer and enqueueing it leaves.
+"""
+
+import collections
+import os
+import signal
+import time
+
+import psutil
+import requests
+
+from sharding.queues import message_for, storage_name
+from tests.harness import json_lines, wait_until
+from tests.test_delivery import consumers_ready, fire_at_epoch, settled, wait_status
+
+
+def create_many(service, url, delays):
+    """Create one timer per delay (seconds) on one keep-alive session; return their ids."""
+    ids = []
+    with requests.Session() as session:
+        for seconds in delays:
+            response = session.post(f"{service.url}/timers", json={"url": url, "seconds": seconds},
+                                    timeout=10)
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+    return ids
+
+
+def statuses(service, ids):
+    """Counter of the statuses of ``ids``."""
+    with requests.Session() as session:
+        return collections.Counter(
+            session.get(f"{service.url}/timers/{timer_id}", timeout=10).json()["status"] for timer_id in ids)
+
+
+def deliveries(receiver, prefix):
+    """Counter of receiver requests whose path starts with ``prefix``, by path."""
+    return collections.Counter(r["path"] for r in receiver.received() if r["path"].startswith(prefix))
+
+
+def passes(service, full):
+    """The recovery passes (log lines) of ``service``'s coordinator(s), full or bounded."""
+    return [line for line in json_lines(service.logs("coordinator"))
+            if line.get("message") == "recovery pass" and line.get("full") is full]
+
+
+def full_passes(service):
+    """Number of full recovery passes the coordinator(s) of ``service`` have logged."""
+    return len(passes(service, full=True))
+
+
+def schedules_holding(redis_client, timer_id, shards=4):
+    """Indexes of the shards whose Huey schedule holds ``timer_id``'s message."""
+    return [i for i in range(shards)
+            if redis_client.zscore(f"huey.schedule.{storage_name(i)}", message_for(timer_id)) is not None]
+
+
+def orphan(redis_client, timer_id, shards=4):
+    """Leave ``timer_id`` stored but on no queue, as a crash between storing and enqueueing does.
+
+    With the Huey-schedule layout (the API puts the message on
+    ``huey.schedule.{timers-i}``) its message is removed from that schedule.
+    With the due-index/feeder layout (``due:{timers-i}``; a feeder hides a
+    timer in the index while its message is on a queue) it is hidden as if a
+    feeder had taken it and crashed before the message reached the queue.
+    Returns the shard index it was on.
+    """
+    holding = schedules_holding(redis_client, timer_id, shards)
+    if holding:
+        assert len(holding) == 1, holding
+        key = f"huey.schedule.{storage_name(holding[0])}"
+        assert redis_client.zrem(key, message_for(timer_id)) == 1
+        assert schedules_holding(redis_client, timer_id, shards) == []
+        return holding[0]
+    shard = timer_id % 1000
+    due_key = f"due:{storage_name(shard)}"
+    assert redis_client.zscore(due_key, str(timer_id)) is not None, \
+        f"timer {timer_id} is neither on a Huey schedule nor in {due_key}"
+    secs, micros = redis_client.time()
+    hidden_until = secs * 1000 + micros // 1000 + 10_000
+    assert redis_client.zadd(due_key, {str(timer_id): hidden_until}, xx=True, ch=True) == 1
+    assert message_for(timer_id) not in redis_client.lrange(f"huey.redis.{storage_name(shard)}", 0, -1)
+    return shard
+
+
+def test_timer_due_while_everything_was_stopped_fires_once_after_restart(make_service, receiver):
+    service = make_service().start()
+    created = service.create(f"{receiver.url}/restart", seconds=3)
+    assert created.status_code == 201, created.text
+    timer_id = created.json()["id"]
+    fire_at = fire_at_epoch(created.json()["fire_at"])
+    path = f"/restart/{timer_id}"
+
+    processes = dict(service.processes)
+    service.stop(signum=signal.SIGINT)
+    assert {name: p.returncode for name, p in processes.items() if p.returncode == -signal.SIGKILL} == {}, \
+        "a process did not stop on SIGINT and had to be killed"
+    assert receiver.received(path) == []
+
+    # The service is down: nothing to poll, so wait out the fire time.
+    time.sleep(max(0.0, fire_at + 0.5 - time.time()))
+    assert receiver.received(path) == []
+    restarted = time.time()
+    service.start()
+
+    wait_until(lambda: receiver.received(path), timeout=20, message="the overdue webhook")
+    done = wait_status(service, timer_id, "fired")
+    wait_until(lambda: settled(service), timeout=5, message="shards to drain")
+    hits = receiver.received(path)
+    assert len(hits) == 1, hits
+    assert hits[0]["at"] <= restarted + 5, f"delivered {hits[0]['at'] - restarted:.2f}s after the restart"
+    assert hits[0]["headers"]["webhook-id"] == str(timer_id)
+    assert done["time_left"] == 0
+    assert done["attempts"] == 1
+    assert len(receiver.received()) == 1
+
+
+def test_timer_lost_between_store_and_enqueue_is_recovered_once(make_service, receiver, redis_client):
+    service = make_service().start("api")
+    created = service.create(f"{receiver.url}/orphan", seconds=2)
+    assert created.status_code == 201, created.text
+    timer_id = created.json()["id"]
+    path = f"/orphan/{timer_id}"
+
+    orphan(redis_client, timer_id)
+    assert service.get(timer_id)["status"] == "scheduled"
+
+    started = time.time()
+    service.start("workers", "coordinator")
+    wait_until(lambda: receiver.received(path), timeout=20, message="the recovered webhook")
+    done = wait_status(service, timer_id, "fired")
+    wait_until(lambda: settled(service), timeout=5, message="shards to drain")
+
+    hits = receiver.received(path)
+    assert len(hits) == 1, hits
+    assert hits[0]["at"] <= max(started, fire_at_epoch(created.json()["fire_at"])) + 10
+    assert done["attempts"] == 1
+    assert len(receiver.received()) == 1
+
+
+def test_timers_of_removed_shards_fire_once_after_shrinking(make_service, receiver, redis_client):
+    four = make_service(env={"TIMER_SHARDS": "4"}).start("api")
+    ids = create_many(four, f"{receiver.url}/shrink", [4] * 40)
+    assert len(set(ids)) == 40
+    shards = requests.get(f"{four.url}/shards", timeout=5).json()["shards"]
+    assert [s["index"] for s in shards] == [0, 1, 2, 3]
+    assert sum(s["scheduled"] for s in shards) == 40
+    assert shards[2]["scheduled"] > 0 and shards[3]["scheduled"] > 0, shards
+    on_removed = [timer_id for timer_id in ids if timer_id % 1000 in (2, 3)]
+    assert len(on_removed) == shards[2]["scheduled"] + shards[3]["scheduled"]
+    four.stop("api")
+
+    two = make_service(env={"TIMER_SHARDS": "2"}).start()
+    assert [s["index"] for s in requests.get(f"{two.url}/shards", timeout=5).json()["shards"]] == [0, 1]
+    wait_until(lambda: len(deliveries(receiver, "/shrink/")) >= 40, timeout=30,
+               message="all 40 webhooks")
+    wait_until(lambda: statuses(two, ids) == collections.Counter({"fired": 40}), timeout=10,
+               message="all 40 timers fired")
+    wait_until(lambda: settled(two), timeout=5, message="live shards to drain")
+
+    assert deliveries(receiver, "/shrink/") == collections.Counter({f"/shrink/{i}": 1 for i in ids})
+    assert len(receiver.received()) == 40
+    for timer_id in on_removed:
+        timer = two.get(timer_id)
+        assert (timer["status"], timer["attempts"], timer["time_left"]) == ("fired", 1, 0), timer
+
+
+def test_running_the_coordinator_twice_never_duplicates(make_service, receiver, redis_client):
+    service = make_service().start("api", "workers")
+    consumers_ready(service)
+    ids = create_many(service, f"{receiver.url}/twice", [1, 2, 3, 4, 5, 6] * 4)
+    orphans = create_many(service, f"{receiver.url}/twice", [3, 5, 6] * 2)
+    for timer_id in orphans:
+        orphan(redis_client, timer_id)
+    ids += orphans
+
+    service.start("coordinator")
+    wait_until(lambda: full_passes(service) == 1, timeout=15, message="the first full recovery pass")
+    service.stop("coordinator")
+    service.start("coordinator")
+    wait_until(lambda: full_passes(service) == 2, timeout=15, message="the second full recovery pass")
+
+    wait_until(lambda: len(deliveries(receiver, "/twice/")) >= len(ids), timeout=20,
+               message=f"all {len(ids)} webhooks")
+    wait_until(lambda: statuses(service, ids) == collections.Counter({"fired": len(ids)}), timeout=10,
+               message="every timer fired")
+    wait_until(lambda: settled(service), timeout=5, message="shards to drain")
+    assert deliveries(receiver, "/twice/") == collections.Counter({f"/twice/{i}": 1 for i in ids})
+    assert len(receiver.received()) == len(ids)
+
+
+def consumer_shards(service):
+    """{consumer pid: shard} from the pool's "consumer started" log lines."""
+    return {line["consumer_pid"]: line["shard"] for line in json_lines(service.logs("workers"))
+            if line.get("message") == "consumer started"}
+
+
+def test_kill_9_of_a_consumer_is_survived(make_service, receiver):
+    service = make_service().start()
+    consumers_ready(service)
+    pool_process = service.processes["workers"]
+    pool = psutil.Process(pool_process.pid)
+    consumers = pool.children()
+    assert len(consumers) == 8, consumers
+    victim = consumers[0]
+    victim_shard = consumer_shards(service)[victim.pid]
+
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_until(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, timeout=5,
+               message="the consumer to die")
+    def restarted():
+        kids = [k for k in pool.children() if k.status() != psutil.STATUS_ZOMBIE]
+        return len(kids) == 8 and victim.pid not in {k.pid for k in kids} and kids
+
+    replaced = wait_until(restarted, timeout=10, message="the pool to restart the consumer")
+    assert pool_process.poll() is None, "the pool exited"
+    shards = consumer_shards(service)
+    assert sorted(shards[k.pid] for k in replaced) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert requests.get(f"{service.url}/shards", timeout=5).status_code == 200
+    consumers_ready(service, count=9)
+
+    ids = create_many(service, f"{receiver.url}/after-kill", [1] * 8)
+    assert victim_shard in {timer_id % 1000 for timer_id in ids}
+    wait_until(lambda: len(deliveries(receiver, "/after-kill/")) >= 8, timeout=15, message="8 webhooks")
+    wait_until(lambda: statuses(service, ids) == collections.Counter({"fired": 8}), timeout=10,
+               message="all 8 timers fired")
+    wait_until(lambda: settled(service), timeout=5, message="shards to drain")
+    assert deliveries(receiver, "/after-kill/") == collections.Counter({f"/after-kill/{i}": 1 for i in ids})
+    assert pool_process.poll() is None
+    assert service.get(ids[0])["attempts"] == 1
