@@ -53,33 +53,15 @@ def full_passes(service):
     return len(passes(service, full=True))
 
 
-def schedules_holding(redis_client, timer_id, shards=4):
-    """Indexes of the shards whose Huey schedule holds ``timer_id``'s message."""
-    return [i for i in range(shards)
-            if redis_client.zscore(f"huey.schedule.{storage_name(i)}", message_for(timer_id)) is not None]
+def orphan(redis_client, timer_id):
+    """Leave ``timer_id`` pending but on no queue, as a consumer crash does.
 
-
-def orphan(redis_client, timer_id, shards=4):
-    """Leave ``timer_id`` stored but on no queue, as a crash between storing and enqueueing does.
-
-    With the Huey-schedule layout (the API puts the message on
-    ``huey.schedule.{timers-i}``) its message is removed from that schedule.
-    With the due-index/feeder layout (``due:{timers-i}``; a feeder hides a
-    timer in the index while its message is on a queue) it is hidden as if a
-    feeder had taken it and crashed before the message reached the queue.
-    Returns the shard index it was on.
+    A feeder hides a timer in the due index while its message is on a queue;
+    here it is hidden and its message never reaches the queue, as if the
+    consumer that took it had died. Returns the shard index it is on.
     """
-    holding = schedules_holding(redis_client, timer_id, shards)
-    if holding:
-        assert len(holding) == 1, holding
-        key = f"huey.schedule.{storage_name(holding[0])}"
-        assert redis_client.zrem(key, message_for(timer_id)) == 1
-        assert schedules_holding(redis_client, timer_id, shards) == []
-        return holding[0]
     shard = timer_id % 1000
     due_key = f"due:{storage_name(shard)}"
-    assert redis_client.zscore(due_key, str(timer_id)) is not None, \
-        f"timer {timer_id} is neither on a Huey schedule nor in {due_key}"
     secs, micros = redis_client.time()
     hidden_until = secs * 1000 + micros // 1000 + 10_000
     assert redis_client.zadd(due_key, {str(timer_id): hidden_until}, xx=True, ch=True) == 1
@@ -191,6 +173,23 @@ def test_running_the_coordinator_twice_never_duplicates(make_service, receiver, 
     wait_until(lambda: settled(service), timeout=5, message="shards to drain")
     assert deliveries(receiver, "/twice/") == collections.Counter({f"/twice/{i}": 1 for i in ids})
     assert len(receiver.received()) == len(ids)
+
+
+def test_two_coordinators_at_once_never_duplicate(make_service, receiver, redis_client):
+    service = make_service().start("api", "workers")
+    consumers_ready(service)
+    orphans = create_many(service, f"{receiver.url}/pair", [2] * 20)
+    for timer_id in orphans:
+        orphan(redis_client, timer_id)
+    other_host = make_service()
+    service.start("coordinator")
+    other_host.start("coordinator")
+    wait_until(lambda: len(deliveries(receiver, "/pair/")) >= len(orphans), timeout=25,
+               message=f"all {len(orphans)} webhooks")
+    # Both write to the same log file (one tmp_path): two full passes, one each.
+    wait_until(lambda: len(passes(service, True)) == 2, timeout=15, message="both full passes")
+    assert deliveries(receiver, "/pair/") == collections.Counter({f"/pair/{i}": 1 for i in orphans})
+    assert statuses(service, orphans) == collections.Counter({"fired": len(orphans)})
 
 
 def consumer_shards(service):

@@ -47,6 +47,11 @@ class Feeder(BaseProcess):
         self.tick_s = tick_s
         self.visibility_ms = visibility_ms
 
+    def initialize(self):
+        """Log the feeder's settings (Huey's own scheduler line does not apply)."""
+        self._logger.info("feeder started", extra={"shard": self.index, "tick_s": self.tick_s,
+                                                   "visibility_ms": self.visibility_ms})
+
     def loop(self, now=None):
         """Feed every due timer (in batches), then sleep until the next tick."""
         begun = time.monotonic()
