@@ -70,7 +70,8 @@ def document():
                         "name": "Idempotency-Key", "in": "header", "required": False,
                         "description": "Same key and body within 24 h: the original response. "
                                        "Another body: 422. First request still running: 409.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                   "pattern": "^[!-~]+$"}}],
                     "requestBody": {"required": True, "content": _json(
                         {"$ref": "#/components/schemas/TimerCreate"},
                         {"hours": 4, "minutes": 0, "seconds": 1, "url": "https://example.com/hook"})},
@@ -161,6 +162,7 @@ def document():
                 "TimerCreate": {
                     "type": "object", "additionalProperties": False, "required": ["url"],
                     "properties": {
+                        # JSON Schema counts 1.0 as an integer; the API refuses it (400).
                         "hours": {"type": "integer", "minimum": 0, "default": 0},
                         "minutes": {"type": "integer", "minimum": 0, "default": 0},
                         "seconds": {"type": "integer", "minimum": 0, "default": 0},

@@ -87,6 +87,12 @@ def _pings(client):
         return False
 
 
+class _ReceiverServer(http.server.ThreadingHTTPServer):
+    # A deep listen backlog: a burst of webhooks must not wait for SYN retries.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class Receiver:
     """A webhook receiver on 127.0.0.1 that records every request it gets.
 
@@ -126,8 +132,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _ReceiverServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
