@@ -33,19 +33,25 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
 
-@pytest.fixture(scope="module")
-def contract_service(redis_server, tmp_path_factory):
-    """The API alone (no consumers: generated timers must not send webhooks anywhere) on an empty Redis."""
+FUZZ_TOKEN = "fuzz-token"
+
+
+@pytest.fixture(scope="module", params=[None, FUZZ_TOKEN], ids=["open", "with-token"])
+def contract_service(request, redis_server, tmp_path_factory):
+    """The API alone (no consumers: generated timers must not send webhooks anywhere) on an empty
+    Redis; once without and once with ``TIMER_API_TOKENS`` (requests then carry the token)."""
     if redis_server.process.poll() is not None:
         redis_server.start()
     redis_server.client().flushall()
-    service = Service(redis_server.url, str(tmp_path_factory.mktemp("contract")))
-    service.start("api")
+    env = {"TIMER_API_TOKENS": request.param} if request.param else {}
+    service = Service(redis_server.url, str(tmp_path_factory.mktemp("contract")), env)
+    service.start("api", ready_path="/healthz")
+    service.auth = {"Authorization": f"Bearer {request.param}"} if request.param else {}
     yield service
     service.stop(timeout=10)
 
 
-def _conformance_failures(operation, mode, statuses):
+def _conformance_failures(operation, mode, statuses, headers):
     """Run a bounded, derandomized Hypothesis test of ``operation`` in ``mode``; return its failure.
 
     Every response's status code is counted in ``statuses[(operation label, mode)]``.
@@ -56,7 +62,7 @@ def _conformance_failures(operation, mode, statuses):
               suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def conforms(case):
-        response = case.call_and_validate(checks=CHECKS, timeout=TIMEOUT)
+        response = case.call_and_validate(checks=CHECKS, timeout=TIMEOUT, headers=headers)
         seen[response.status_code] += 1
 
     try:
@@ -77,9 +83,10 @@ def test_every_operation_conforms_to_the_openapi_document(contract_service, figu
             if mode.is_positive or operation.body or any(True for _ in operation.iter_parameters())]
     statuses = {}
     failures = [failure for operation, mode in runs
-                if (failure := _conformance_failures(operation, mode, statuses))]
+                if (failure := _conformance_failures(operation, mode, statuses, contract_service.auth))]
+    variant = "with token" if contract_service.auth else "open"
     for (label, mode), counts in sorted(statuses.items()):
-        figures.append(f"schemathesis {label} ({mode}): " + ", ".join(
+        figures.append(f"schemathesis [{variant}] {label} ({mode}): " + ", ".join(
             f"{code} x{n}" for code, n in sorted(counts.items())))
     assert not failures, "\n\n".join(failures)
     # The run reached the service's success paths, not only its error answers.
