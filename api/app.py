@@ -36,6 +36,12 @@ def _default_description(req, exception):
     return exception.title
 
 
+def _unexpected(req, resp, exc, params):
+    # Logged as JSON (Falcon's default prints a plain traceback) and answered as JSON.
+    log.exception("unhandled error", extra={"path": req.path, "method": req.method})
+    raise falcon.HTTPInternalServerError(description="unexpected error; see the service's log") from None
+
+
 def _redis_unavailable(req, resp, exc, params):
     log.warning("redis unavailable", extra={"error": str(exc), "path": req.path})
     raise falcon.HTTPServiceUnavailable(
@@ -61,6 +67,7 @@ def create_app(settings=None, store=None):
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(redis.exceptions.RedisError, _redis_unavailable)
     app.add_route("/timers", TimerCollection(store, balancer, settings))
     app.add_route("/timers/{timer_id:int(min=1)}", TimerItem(store))

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import functools
 import io
 import json
 import logging
@@ -22,7 +23,17 @@ log = logging.getLogger("api")
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
-_JSON = falcon.media.JSONHandler()
+
+def _no_duplicate_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise FieldError(duplicate, "appears more than once in the object")
+    return dict(pairs)
+
+
+# A repeated key is ambiguous input: refused rather than silently taking the last value.
+_JSON = falcon.media.JSONHandler(loads=functools.partial(json.loads, object_pairs_hook=_no_duplicate_keys))
 
 
 def rfc3339_ms(epoch_ms):
@@ -80,7 +91,11 @@ def read_json_body(req):
     raw = stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise too_large
-    return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))
+    try:
+        return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))
+    except RecursionError:
+        raise falcon.HTTPBadRequest(title="Invalid JSON",
+                                    description="the body is nested too deeply") from None
 
 
 def encode_cursor(status, position):
@@ -98,7 +113,8 @@ def decode_cursor(cursor, status):
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         cursor_status, score, member = json.loads(raw)
-        valid = isinstance(score, (int, float)) and isinstance(member, str) and member.isdigit()
+        valid = (isinstance(score, (int, float)) and math.isfinite(score) and isinstance(member, str)
+                 and member.isascii() and member.isdigit())
     except (binascii.Error, ValueError, TypeError):
         valid = False
     if not valid:

@@ -1,5 +1,7 @@
 """Validation of a create-timer request body (``shared/CONTRACT.md`` section 2)."""
 
+import ipaddress
+import re
 import urllib.parse
 
 import falcon
@@ -7,6 +9,13 @@ import falcon
 MAX_URL_LENGTH = 2048
 DURATION_FIELDS = {"hours": 3600, "minutes": 60, "seconds": 1}
 ALLOWED_FIELDS = frozenset(DURATION_FIELDS) | {"url"}
+# A DNS label after IDNA encoding (RFC 1123; underscores too, as in container names): 1-63 characters.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def printable(text):
+    """``text`` safe to echo in an error: lone surrogates and the like escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class FieldError(falcon.HTTPBadRequest):
@@ -17,6 +26,7 @@ class FieldError(falcon.HTTPBadRequest):
     """
 
     def __init__(self, field, rule):
+        field = printable(field)
         super().__init__(title="Invalid field", description=f"'{field}': {rule}")
         self.field = field
         self.rule = rule
@@ -39,18 +49,42 @@ def check_url(url):
         raise FieldError("url", "must be a string")
     if len(url) > MAX_URL_LENGTH:
         raise FieldError("url", f"must be at most {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise FieldError("url", "must not contain whitespace or control characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in url):
+        raise FieldError("url", "must not contain whitespace, control characters or backslashes")
     try:
+        url.encode("utf-8")
         parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise FieldError("url", f"is not a valid URL ({exc})") from None
+        port = parts.port
+    except (ValueError, UnicodeError) as exc:
+        raise FieldError("url", f"is not a valid URL ({printable(str(exc))})") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise FieldError("url", "must be an absolute http or https URL")
     if not parts.hostname:
         raise FieldError("url", "must have a host")
+    if port == 0:
+        raise FieldError("url", "port must be 1-65535")
+    check_host(parts.hostname)
     return url
+
+
+def check_host(host):
+    """Accept an IP literal or a DNS name whose IDNA labels are valid (RFC 1123, RFC 5891).
+
+    Raises:
+        FieldError: on ``url``.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_host = ""
+    if len(ascii_host) > 253 or not all(_LABEL.match(label) for label in ascii_host.split(".")):
+        raise FieldError("url", "host must be an IP address or a DNS name of labels of 1-63 letters, "
+                                "digits, underscores and inner hyphens")
 
 
 def parse_create(body, max_delay_seconds):

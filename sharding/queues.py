@@ -1,9 +1,9 @@
 """One Huey queue per shard, and the message format on it.
 
 A shard ``i`` is the Huey queue ``timers-i``. Its Redis keys carry the hash
-tag ``{timers-i}`` (Huey storage name), so that the queue, the schedule and
-the shard's timer records can live in one Redis Cluster slot and one Lua
-script may touch them together.
+tag ``{ti}`` (the Huey storage name), so that the queue and the shard's timer
+records live in one Redis Cluster slot and one Lua script may touch them
+together.
 
 Only the queue (a Redis list) of each Huey instance is used: timers wait in
 the timer store's due index, and each consumer's feeder (``workers.consumer``)
@@ -26,8 +26,12 @@ def queue_name(index):
 
 
 def storage_name(index):
-    """Huey storage name of shard ``index``: its queue name as a Redis Cluster hash tag."""
-    return "{" + queue_name(index) + "}"
+    """Huey storage name of shard ``index``: the Redis Cluster hash tag ``{t<index>}``.
+
+    Every key of the shard carries it (kept short: it is part of every
+    timer's record key).
+    """
+    return f"{{t{index}}}"
 
 
 def message_for(timer_id):

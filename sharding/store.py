@@ -1,23 +1,23 @@
 """The timer store: timer records in Redis, the single source of truth.
 
-Layout, per shard ``i`` (every key carries the hash tag ``{timers-i}``, so a
+Layout, per shard ``i`` (every key carries the hash tag ``{ti}``, so a
 shard's keys share one Redis Cluster slot and one Lua script may touch them):
 
-* ``t:{timers-i}:<id>`` hash, the timer record. Short field names keep a
+* ``t:{ti}:<id>`` hash, the timer record. Short field names keep a
   million pending timers small: ``u`` url, ``f`` fire time, ``s`` status,
-  ``a`` attempts, ``r`` request id, ``d`` due time of the next attempt
+  ``a`` attempts (absent until the first claim), ``r`` request id, ``d`` due time of the next attempt
   (absent: the fire time), ``l`` lease end, ``e`` last error, ``x`` finished.
   Times are epoch milliseconds from the Redis clock (``TIME``). Finished
   records (fired, failed, cancelled) expire after the retention period.
-* ``due:{timers-i}`` sorted set: every pending timer (``scheduled`` or
+* ``due:{ti}`` sorted set: every pending timer (``scheduled`` or
   ``retrying``) scored by when it is next to be put on a queue: its due time,
   or, once a feeder has put it on a queue, that moment plus the visibility
   timeout. This is the due-time index; no Huey schedule is used.
-* ``lease:{timers-i}`` sorted set: ``firing`` timers scored by lease end.
-* ``retry:{timers-i}`` sorted set: ``retrying`` timers by next attempt time.
-* ``done:{timers-i}:<status>`` sorted sets, for ``fired``, ``failed`` and
+* ``lease:{ti}`` sorted set: ``firing`` timers scored by lease end.
+* ``retry:{ti}`` sorted set: ``retrying`` timers by next attempt time.
+* ``done:{ti}:<status>`` sorted sets, for ``fired``, ``failed`` and
   ``cancelled``: finished timers by finish time, trimmed after retention.
-* ``huey.redis.{timers-i}``: the shard's Huey queue (a list of messages).
+* ``huey.redis.{ti}``: the shard's Huey queue (a list of messages).
 
 Control keys (on the ``REDIS_URL`` server): ``timers:seq`` (the id counter)
 and ``timers:shards`` (every shard index ever configured).
@@ -48,7 +48,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # KEYS: record, due. ARGV: id, url, delay ms, request id. Returns {fire, now}.
 _CREATE = _NOW_MS + """
 local fire = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'u', ARGV[2], 'f', fire, 's', 'scheduled', 'a', 0, 'r', ARGV[4])
+redis.call('HSET', KEYS[1], 'u', ARGV[2], 'f', fire, 's', 'scheduled', 'r', ARGV[4])
 redis.call('ZADD', KEYS[2], fire, ARGV[1])
 return {fire, now}
 """
@@ -107,7 +107,7 @@ return {'firing', attempts, r[4], r[3], now, redis.call('HGET', KEYS[1], 'r') or
 # Returns {applied, next attempt ms}.
 _FINISH = _NOW_MS + _FINALIZE + """
 local r = redis.call('HMGET', KEYS[1], 's', 'a')
-if r[2] ~= ARGV[2] then return {0, 0} end
+if (r[2] or '0') ~= ARGV[2] then return {0, 0} end
 if r[1] ~= 'firing' and not (ARGV[3] == 'fired' and (r[1] == 'scheduled' or r[1] == 'retrying')) then
   return {0, 0}
 end
@@ -135,7 +135,7 @@ if r[1] ~= 'firing' then
   return false
 end
 if tonumber(r[2] or 0) > now then return false end
-if tonumber(r[3]) >= tonumber(ARGV[2]) then
+if tonumber(r[3] or 0) >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'e', 'lease expired on the last attempt')
   finalize('failed', ARGV[1], ARGV[3])
   return 'failed'
@@ -166,7 +166,7 @@ def _record(fields):
     if status is None:
         return None
     return {"url": url.decode(), "fire_at": int(fire), "status": status.decode(),
-            "attempts": int(attempts), "last_error": error.decode() if error else None}
+            "attempts": int(attempts or 0), "last_error": error.decode() if error else None}
 
 
 def home_shard(timer_id):

@@ -138,6 +138,16 @@ def _bad_input_cases(service, existing_id):
         ("trailing comma", lambda: _post_raw(service, b'{"url": "https://x.test/h",}'), 400, None),
         ("empty body", lambda: _post_raw(service, b""), 400, None),
         ("not UTF-8", lambda: _post_raw(service, b'{"url": "\xff\xfe"}'), 400, None),
+        # Found by a fresh-eyes run: these used to answer 500.
+        ("lone surrogate in url", lambda: _post_raw(
+            service, b'{"seconds": 1, "url": "http://e.com/\\udfff"}'), 400, "url"),
+        ("lone surrogate as a field name", lambda: _post_raw(
+            service, b'{"seconds": 1, "url": "http://e.com/h", "\\ud800": 1}'), 400, None),
+        ("deeply nested array", lambda: _post_raw(service, b"[" * 3000 + b"]" * 3000), 400, None),
+        ("deeply nested object", lambda: _post_raw(
+            service, b'{"a":' * 1500 + b"1" + b"}" * 1500), 400, None),
+        ("duplicate key", lambda: _post_raw(
+            service, b'{"url": "ftp://x", "url": "http://e.com/h"}'), 400, "url"),
     ]
     for raw in (b"[]", b'[{"url": "https://x.test/h"}]', b'"x"', b"5", b"1.5", b"null", b"true"):
         cases.append((f"non-object body {raw!r}", lambda raw=raw: _post_raw(service, raw), 400, None))
@@ -160,6 +170,11 @@ def _bad_input_cases(service, existing_id):
         ({"url": "https://x.test/" + "a" * 2034}, "url"),
         ({"url": "https://x.test/a b"}, "url"),
         ({"url": "http://x.test:99999/"}, "url"),
+        ({"url": "http://a..b/h"}, "url"),
+        ({"url": "http://" + "a" * 300 + ".com/h"}, "url"),
+        ({"url": "http://-/h"}, "url"),
+        ({"url": "http://e.com:0/h"}, "url"),
+        ({"url": "http://e.com\\@127.0.0.1/h"}, "url"),
         ({"url": url, "hours": 8761}, "hours"),
         ({"url": url, "seconds": 31_536_001}, "seconds"),
         ({"url": url, "seconds": 10**30}, "seconds"),

@@ -20,6 +20,7 @@ import time
 import psutil
 import requests
 
+from sharding.queues import storage_name
 from tests.harness import wait_until
 
 TIMERS = 1000
@@ -89,7 +90,7 @@ def test_chaos_every_acknowledged_timer_fires(make_service, receiver, redis_serv
     def all_fired():
         statuses = redis_server.client().pipeline(transaction=False)
         for timer_id in acknowledged:
-            statuses.hget(f"t:{{timers-{timer_id % 1000}}}:{timer_id}", "s")
+            statuses.hget(f"t:{storage_name(timer_id % 1000)}:{timer_id}", "s")
         return all(s == b"fired" for s in statuses.execute())
 
     wait_until(all_fired, timeout=60, interval=0.5, message="every status fired")

@@ -16,6 +16,7 @@ import psutil
 import pytest
 import requests
 
+from sharding.queues import storage_name
 from tests.harness import BIN, ROOT, free_port, wait_until
 from tests.test_delivery import fire_at_epoch
 
@@ -199,8 +200,8 @@ def test_honcho_run_with_redis_url_starts_no_redis(run_dir, honchos, receiver, r
 
     timer = honcho.create(f"{receiver.url}/external", seconds=1)
     timer_id = timer["id"]
-    # The record lives in the REDIS_URL server (whatever its key layout).
-    assert [k for k in redis_client.scan_iter(f"*:{timer_id}") if b"{timers-" in k] != []
+    # The record lives in the REDIS_URL server.
+    assert redis_client.exists(f"t:{storage_name(timer_id % 1000)}:{timer_id}") == 1
     wait_until(lambda: receiver.received(f"/external/{timer_id}"), timeout=10, message="the webhook")
     done = wait_fired(honcho, timer_id)
     assert (done["time_left"], done["status"], done["attempts"]) == (0, "fired", 1)

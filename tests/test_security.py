@@ -6,6 +6,7 @@ import pickle
 import requests
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from sharding.queues import storage_name
 from tests.harness import wait_until
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -110,9 +111,10 @@ class _WritesAFile:
 
 def test_a_pickle_on_a_queue_is_never_executed(service, receiver, redis_client, tmp_path):
     marker = str(tmp_path / "pwned")
-    redis_client.lpush("huey.redis.{timers-0}", pickle.dumps(_WritesAFile(marker)))
-    redis_client.lpush("huey.redis.{timers-0}", b'{"timer": "1; rm -rf /"}')
-    wait_until(lambda: redis_client.llen("huey.redis.{timers-0}") == 0, timeout=10,
+    queue = f"huey.redis.{storage_name(0)}"
+    redis_client.lpush(queue, pickle.dumps(_WritesAFile(marker)))
+    redis_client.lpush(queue, b'{"timer": "1; rm -rf /"}')
+    wait_until(lambda: redis_client.llen(queue) == 0, timeout=10,
                message="the consumers to drop the bad messages")
     # The consumers keep working.
     timer_id = service.create(receiver.url + "/after", seconds=0).json()["id"]

@@ -416,3 +416,14 @@ def test_home_shard(timer_id, shard):
 def test_home_shard_matches_id_layout():
     for seq, shard in itertools.product((1, 2, 99, 10**9), (0, 1, 3, 998, 999)):
         assert home_shard(seq * 1000 + shard) == shard
+
+
+# --- workers.delivery.Sender on URLs that cannot be encoded ----------------------------------------
+
+def test_sender_fails_a_host_idna_cannot_encode_without_raising():
+    # Stored before validation refused such hosts: must fail once, not crash the consumer.
+    from workers.delivery import Sender
+
+    outcome = Sender(1.0).send("http://a..b/h", 7)
+    assert outcome.kind == "fail"
+    assert outcome.error.startswith("invalid url: ")

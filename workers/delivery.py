@@ -176,7 +176,8 @@ class Sender:
                 return classify(response.status_code, response.headers.get("Retry-After"))
         except DeniedDestination as exc:
             return Outcome("fail", f"denied by TIMER_WEBHOOK_DENY_NETWORKS: {exc}")
-        except requests.exceptions.InvalidURL as exc:
+        except (requests.exceptions.InvalidURL, UnicodeError) as exc:
+            # UnicodeError: a host name IDNA cannot encode (an empty or too long label).
             return Outcome("fail", f"invalid url: {exc}")
         except requests.exceptions.RequestException as exc:
             return Outcome("retry", _describe(exc))

@@ -9,7 +9,7 @@ arrives for a timer already fired, failed or cancelled does nothing.
 import logging
 
 from sharding import logs, metrics
-from workers.delivery import backoff_s
+from workers.delivery import Outcome, backoff_s
 
 log = logging.getLogger("workers.tasks")
 
@@ -46,7 +46,11 @@ def _attempt(timer_id, claim, store, sender, settings):
     lateness_s = (claim.now_ms - claim.fire_at_ms) / 1000
     if claim.attempt == 1:
         metrics.FIRE_LATENESS.observe(max(lateness_s, 0.0))
-    outcome = sender.send(claim.url, timer_id)
+    try:
+        outcome = sender.send(claim.url, timer_id)
+    except Exception as exc:  # noqa: BLE001 - a bug must not leave the timer firing until its lease ends
+        log.exception("delivery failed unexpectedly", extra={"timer_id": timer_id})
+        outcome = Outcome("retry", f"internal error: {type(exc).__name__}")
     metrics.WEBHOOK_ATTEMPTS.labels(outcome.kind).inc()
     if outcome.kind == "ok":
         status, delay_s = "fired", 0.0
