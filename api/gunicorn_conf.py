@@ -3,11 +3,15 @@
 Run: ``gunicorn -c api/gunicorn_conf.py 'api.app:create_app()'``.
 """
 
+import json as _json
 import os as _os
+
+from gunicorn import util as _util
 
 from sharding import config as _config
 from sharding import logs as _logs
 from sharding import metrics as _metrics
+from sharding import process as _process
 
 _settings = _config.load()
 
@@ -51,3 +55,24 @@ logconfig_dict = {
 def child_exit(server, worker):
     """gunicorn hook: multiprocess metrics bookkeeping for an exited worker."""
     _metrics.process_exited(worker.pid)
+
+
+def on_starting(server):
+    """gunicorn hook (master): stop when honcho's process runner dies (e.g. a lost terminal)."""
+    _process.die_with_parent()
+
+
+def _json_error(sock, status_int, reason, mesg):
+    """gunicorn's answer to a request it cannot parse, as JSON in Falcon's error format.
+
+    gunicorn writes these itself (bad request line or headers, limits) as
+    HTML; the contract wants every error body to be JSON.
+    """
+    body = _json.dumps({"title": f"{status_int} {reason}", "description": mesg or reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    _util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# Replaces gunicorn.util.write_error, which gunicorn's workers call for such requests.
+_util.write_error = _json_error

@@ -14,10 +14,12 @@ nothing and idles until signalled, because honcho stops every process as
 soon as one exits.
 """
 
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 
 import redis
@@ -72,6 +74,36 @@ def _drain(url, deadline):
         time.sleep(0.1)
 
 
+def _lock_data_dir(data_dir):
+    """Hold an exclusive lock on ``data_dir/redis.lock`` (its content: our pid) for our lifetime.
+
+    Two services on one data directory would run two Redis servers on one AOF.
+    The lock goes with the process, also on kill -9.
+    Raises:
+        SystemExit(1): another process holds the lock (logged with its pid).
+    """
+    lock = open(os.path.join(data_dir, "redis.lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        log.error("TIMER_DATA_DIR is in use by another service", extra={
+            "data_dir": os.path.abspath(data_dir), "holder_pid": lock.read().strip()})
+        raise SystemExit(1) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def _relay(stream):
+    # redis-server's own log lines, as JSON lines like every other process's.
+    server_log = logging.getLogger("redis-server")
+    for line in stream:
+        if line.strip():
+            server_log.info(line.rstrip())
+
+
 def main():
     """Entry point: run Redis in the foreground until SIGTERM/SIGINT."""
     settings, stop = process.start("redis")
@@ -80,6 +112,7 @@ def main():
         stop.wait()
         return
     os.makedirs(settings.data_dir, exist_ok=True)
+    lock = _lock_data_dir(settings.data_dir)
     socket_path = config.embedded_socket_path(settings.data_dir)
     command = server_command(redis_server_binary(), settings.data_dir,
                              socket_path=os.path.relpath(socket_path, settings.data_dir))
@@ -88,7 +121,9 @@ def main():
     # A session of its own: honcho's SIGTERM to our process group must not
     # reach Redis before the other processes have finished with it.
     server = subprocess.Popen(command, cwd=settings.data_dir, start_new_session=True,
-                              preexec_fn=process.die_with_parent)
+                              preexec_fn=process.die_with_parent, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace")
+    threading.Thread(target=_relay, args=(server.stdout,), daemon=True).start()
     log.info("embedded redis started", extra={"socket": socket_path, "redis_pid": server.pid})
     while not stop.wait(0.5):
         if server.poll() is not None:
@@ -97,6 +132,7 @@ def main():
     _drain(settings.effective_redis_url(), time.monotonic() + settings.shutdown_seconds + 1)
     server.terminate()
     server.wait()
+    lock.close()
     log.info("embedded redis stopped")
 
 

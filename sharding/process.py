@@ -29,6 +29,9 @@ def start(component):
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # honcho runs each process in a session of its own: if honcho dies (a lost
+    # terminal sends it SIGHUP), SIGTERM reaches us through the parent's death.
+    die_with_parent()
     return settings, stop
 
 

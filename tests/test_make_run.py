@@ -212,3 +212,35 @@ def test_honcho_run_with_redis_url_starts_no_redis(run_dir, honchos, receiver, r
                message=f"no process of the run left: {run_processes(run_dir)}")
     assert redis_server.process.poll() is None, "stopping the service stopped the external Redis"
     assert redis_client.ping()
+
+
+def test_a_second_run_on_the_same_data_dir_refuses_to_start(run_dir, tmp_path, receiver):
+    first = Honcho(run_dir, str(tmp_path / "first.log")).start()
+    second = Honcho(run_dir, str(tmp_path / "second.log"))
+    try:
+        log = open(second.log_path, "ab")
+        second.process = subprocess.Popen(
+            [os.path.join(BIN, "honcho"), "start", "-f", "Procfile", "-p", str(second.port)],
+            cwd=ROOT, env=second.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        second.process.wait(30)  # honcho stops the stack when its redis process exits
+        assert "TIMER_DATA_DIR is in use by another service" in second.log()
+        # The first run is untouched: its Redis still answers and timers still fire.
+        first.consumers_ready()
+        timer = first.create(f"{receiver.url}/first", seconds=0)
+        wait_until(lambda: receiver.received(f"/first/{timer['id']}"), timeout=10, message="the webhook")
+        assert requests.get(f"{first.url}/readyz", timeout=5).status_code == 200
+    finally:
+        second.kill()
+        first.interrupt()
+
+
+def test_honcho_dying_stops_every_process(run_dir, tmp_path):
+    # A lost terminal: honcho and its process runners get SIGHUP and die without
+    # stopping anything; our processes must stop through their parent's death.
+    run = Honcho(run_dir, str(tmp_path / "honcho.log")).start()
+    run.consumers_ready()
+    os.killpg(run.process.pid, signal.SIGHUP)
+    run.process.wait(10)
+    wait_until(lambda: run_processes(run_dir) == [], timeout=15,
+               message="every process of the run to stop")
