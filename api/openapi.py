@@ -65,7 +65,8 @@ def document():
         "paths": {
             "/timers": {
                 "post": {
-                    "summary": "Create a timer", "operationId": "createTimer", "security": _AUTH,
+                    "summary": "Create a timer (also at POST /timers/)", "operationId": "createTimer",
+                    "security": _AUTH,
                     "parameters": [{
                         "name": "Idempotency-Key", "in": "header", "required": False,
                         "description": "Same key and body within 24 h: the original response. "
@@ -150,6 +151,14 @@ def document():
                                       "content": _json(_status_schema(), {"status": "ready"})},
                               "503": _error("Redis does not answer.", "Not ready",
                                             "Redis did not answer PING: ConnectionError")}}},
+            "/openapi.json": {"get": {
+                "summary": "This document", "operationId": "openapi",
+                "responses": {"200": {"description": "The OpenAPI 3.1 document.",
+                                      "content": _json({"type": "object"})}}}},
+            "/docs": {"get": {
+                "summary": "Swagger UI for this document (no CDN)", "operationId": "docs",
+                "responses": {"200": {"description": "An HTML page.",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics", "operationId": "metrics",
                 "responses": {"200": {"description": "Prometheus text exposition format.",

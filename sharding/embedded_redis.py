@@ -56,7 +56,8 @@ def server_command(binary, data_dir, socket_path=None, port=0):
     """
     command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", os.path.abspath(data_dir),
                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-               "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
+               "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
+               "--pidfile", os.path.join(os.path.abspath(data_dir), "redis.pid")]
     if socket_path:
         command += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
     return command
