@@ -1,10 +1,12 @@
 # make run  - install requirements.txt into .venv and start the service (honcho)
 # make test - install requirements-dev.txt into .venv and run the test suite
+# make bench / make bench-quick - install requirements-dev.txt and requirements-bench.txt,
+#   then run the benchmarks (full: at most 15 min; quick: at most 90 s; BENCH_SCALE=tiny: ~30 s)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run test lint
+.PHONY: run test lint bench bench-quick
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +15,10 @@ $(VENV)/.run-deps: requirements.txt
 
 $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.run-deps
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.bench-deps: requirements-bench.txt $(VENV)/.dev-deps
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $@
 
 # The API is the first Procfile entry, so honcho gives it PORT itself.
@@ -24,3 +30,9 @@ test: $(VENV)/.dev-deps
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check
+
+bench: $(VENV)/.bench-deps
+	PATH="$(BIN):$$PATH" $(BIN)/python -m bench.run --scale "$${BENCH_SCALE:-full}"
+
+bench-quick: $(VENV)/.bench-deps
+	PATH="$(BIN):$$PATH" $(BIN)/python -m bench.run --scale "$${BENCH_SCALE:-quick}"

@@ -127,7 +127,7 @@ def load():
         data_dir=data_dir(),
         shards=_int_env("TIMER_SHARDS", 4, 1, 999),
         workers_per_shard=_int_env("TIMER_WORKERS_PER_SHARD", 2, 1),
-        consumer_threads=_int_env("TIMER_CONSUMER_THREADS", 8, 1),
+        consumer_threads=_int_env("TIMER_CONSUMER_THREADS", 4, 1),
         api_workers=_int_env("TIMER_API_WORKERS", 2, 1),
         api_threads=_int_env("TIMER_API_THREADS", 4, 1),
         max_delay_seconds=_int_env("TIMER_MAX_DELAY_SECONDS", 31_536_000, 0),

@@ -1,0 +1,1 @@
+"""Benchmarks and load scripts for the timer service (see README, "Benchmarks")."""

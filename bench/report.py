@@ -1,0 +1,178 @@
+"""The benchmark report: the table printed to stdout and the PNG plots (matplotlib, Agg)."""
+
+import logging
+import math
+import os
+
+log = logging.getLogger("bench.report")
+
+_ROWS = ("create_ratio", "fire_ratio", "lateness_p50_s", "lateness_p99_s", "lateness_max_s",
+         "bytes_per_timer", "recovery_s_per_million")
+
+
+def _fmt(value, unit=""):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if unit == "x":
+        return f"{value:.3f}"
+    if unit == "B":
+        return f"{value:.1f}"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def _detail(document, name):
+    d = document["details"]
+    if name == "create_ratio" and name in d:
+        c = d[name]
+        return (f"product {c['product_rps_median']:.0f} rps / baseline {c['baseline_rps_median']:.0f} rps, "
+                f"{c['runs']} pairs x {c['duration_s']:g} s")
+    if name == "fire_ratio" and name in d:
+        f = d[name]
+        return (f"product {sorted(f['product_rate'])[len(f['product_rate']) // 2]:.0f}/s / baseline "
+                f"{sorted(f['baseline_rate'])[len(f['baseline_rate']) // 2]:.0f}/s, "
+                f"{f['runs']} pairs x {f['timers']} timers, {f['concurrency']['total']} threads")
+    if name.startswith("lateness") and "lateness" in d:
+        lt = d["lateness"]
+        missing = sum(r["missing"] for r in lt["raw"])
+        rate = min(r["create_rate"] for r in lt["raw"])
+        return (f"{lt['runs']} run(s) x {lt['duration_s']:g} s at {lt['rate_per_s']}/s "
+                f"(achieved >= {rate:.0f}/s), missing {missing}")
+    if name == "bytes_per_timer" and name in d:
+        m = d[name]
+        rid = (m.get("populate_equivalence") or {}).get("request_id_bytes")
+        extra = f", of which the 16-char request id ~{rid} B" if rid is not None else ""
+        return f"{m['runs']} run(s) x {m['timers']} pending timers{extra}"
+    if name == "recovery_s_per_million" and name in d:
+        r = d[name]
+        seconds = sorted(x["seconds"] for x in r["raw"])[len(r["raw"]) // 2]
+        return f"{r['runs']} run(s) x {r['timers']} orphans, median {seconds:.2f} s"
+    return ""
+
+
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def _cpu_lines(details):
+    """CPU cost per operation (median over runs), where measured."""
+    lines = []
+    c = details.get("create_ratio")
+    if c and _median(c["product_api_cpu_ms_per_201"]) is not None:
+        lines.append(
+            f"cpu per create: product api {_median(c['product_api_cpu_ms_per_201']):.2f} ms + redis "
+            f"{_median(c['product_redis_cpu_ms_per_201']):.2f} ms; baseline api "
+            f"{_median(c['baseline_api_cpu_ms_per_201']):.2f} ms + redis "
+            f"{_median(c['baseline_redis_cpu_ms_per_201']):.2f} ms")
+    f = details.get("fire_ratio")
+    if f and _median(f["product_cpu_ms_per_webhook"]) is not None:
+        lines.append(
+            f"cpu per webhook: product pool {_median(f['product_cpu_ms_per_webhook']):.2f} ms + redis "
+            f"{_median(r['redis_cpu_ms'] for r in f['product_runs']):.2f} ms; baseline senders "
+            f"{_median(f['baseline_cpu_ms_per_webhook']):.2f} ms")
+    return lines
+
+
+def table(document):
+    """The results as a fixed-width text table, with the verdict per target.
+
+    Returns:
+        str (no trailing newline).
+    """
+    metrics, targets, units = document["metrics"], document["targets"], document["units"]
+    header = ("metric", "value", "target", "result", "runs")
+    rows, notes = [], []
+    for name in _ROWS:
+        target = targets.get(name)
+        unit = units.get(name, "")
+        value = metrics.get(name)
+        if target:
+            verdict = "PASS" if target["pass"] else "FAIL"
+            if target.get("note"):
+                verdict += "*"
+                notes.append(f"* {name}: {target['note']}")
+            goal = f"{target['op']} {target['target']:g}"
+        else:
+            verdict, goal = "-", "-"
+        if document["errors"].get(name) or (name.startswith("lateness") and "lateness" in document["errors"]):
+            verdict = "ERROR"
+        rows.append((name, f"{_fmt(value, unit)} {unit}".strip(), goal, verdict, _detail(document, name)))
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    passed = sum(t["pass"] for t in targets.values())
+    enforced = "" if document["targets_enforced"] else " (not enforced at this scale)"
+    lines += notes
+    lines += _cpu_lines(document["details"])
+    lines.append("")
+    machine = document["machine"]
+    lines.append(f"scale {document['scale']}: {passed}/{len(targets)} targets pass{enforced}; "
+                 f"wall {document['wall_s']:.0f} s; load average {machine['loadavg_start'][0]:.2f}"
+                 f" -> {machine['loadavg_end'][0]:.2f}")
+    if document["errors"]:
+        lines.append("errors: " + "; ".join(f"{k}: {v}" for k, v in document["errors"].items()))
+    return "\n".join(lines)
+
+
+def plots(document, lateness_samples, directory):
+    """Draw ``throughput.png`` (product vs baseline per run) and ``lateness.png`` (histogram and CDF).
+
+    Args:
+        lateness_samples: every delivered timer's lateness in seconds.
+    Returns:
+        list of the PNG paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    details = document["details"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, product_key, baseline_key, ylabel in (
+            (axes[0], "create_ratio", "product_rps", "baseline_rps", "POST /timers 201s per second"),
+            (axes[1], "fire_ratio", "product_rate", "baseline_rate", "webhooks delivered per second")):
+        data = details.get(key)
+        ax.set_title(key + (f" = {document['metrics'][key]:.3f}" if data else " (no data)"))
+        ax.set_ylabel(ylabel)
+        if not data:
+            continue
+        runs = range(len(data[product_key]))
+        ax.bar([r - 0.2 for r in runs], data[product_key], width=0.4, label="product")
+        ax.bar([r + 0.2 for r in runs], data[baseline_key], width=0.4, label="baseline")
+        ax.set_xticks(list(runs), [f"pair {r + 1}" for r in runs])
+        ax.legend()
+    fig.suptitle(f"timer-service throughput vs baselines ({document['scale']})")
+    fig.tight_layout()
+    path = os.path.join(directory, "throughput.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    if lateness_samples:
+        ordered = sorted(lateness_samples)
+        axes[0].hist(ordered, bins=60)
+        axes[1].plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))])
+        for ax in axes:
+            ax.axvline(1.0, color="red", linestyle="--", label="target p99 1 s")
+            ax.legend()
+        lt = document["metrics"]
+        axes[1].set_title(f"CDF: p50 {_fmt(lt.get('lateness_p50_s'))} s, "
+                          f"p99 {_fmt(lt.get('lateness_p99_s'))} s")
+    axes[0].set_title(f"lateness histogram ({len(lateness_samples)} webhooks)")
+    axes[0].set_xlabel("arrival - fire_at (s)")
+    axes[0].set_ylabel("webhooks")
+    axes[1].set_xlabel("arrival - fire_at (s)")
+    axes[1].set_ylabel("fraction delivered")
+    fig.tight_layout()
+    path = os.path.join(directory, "lateness.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    log.info("plots written", extra={"paths": written})
+    return written
