@@ -78,10 +78,12 @@ def check_host(host):
         return
     except ValueError:
         pass
-    try:
-        ascii_host = host.rstrip(".").encode("idna").decode("ascii")
-    except UnicodeError:
-        ascii_host = ""
+    ascii_host = host.rstrip(".")
+    if not ascii_host.isascii():
+        try:
+            ascii_host = ascii_host.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_host = ""
     if len(ascii_host) > 253 or not all(_LABEL.match(label) for label in ascii_host.split(".")):
         raise FieldError("url", "host must be an IP address or a DNS name of labels of 1-63 letters, "
                                 "digits, underscores and inner hyphens")
