@@ -31,6 +31,17 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def clean_environ():
+    """``os.environ`` without what importing our modules in the test process set.
+
+    Importing ``sharding.metrics`` sets ``PROMETHEUS_MULTIPROC_DIR`` (to the
+    test process's data dir); a service inheriting it would share metrics
+    files with every other service of the run instead of using its own
+    ``TIMER_DATA_DIR/metrics``.
+    """
+    return {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+
+
 def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
     """Poll ``predicate`` until it returns a truthy value; return that value.
 
@@ -186,7 +197,7 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
-        self.env = dict(os.environ, REDIS_URL=redis_url, PORT=str(self.port), HOST="127.0.0.1",
+        self.env = dict(clean_environ(), REDIS_URL=redis_url, PORT=str(self.port), HOST="127.0.0.1",
                         TIMER_API_WORKERS="2", TIMER_RECOVERY_INTERVAL_SECONDS="1",
                         TIMER_DATA_DIR=log_dir, PYTHONPATH=ROOT)
         self.env.update(env or {})

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from sharding.queues import storage_name
-from tests.harness import BIN, ROOT, free_port, wait_until
+from tests.harness import BIN, ROOT, clean_environ, free_port, wait_until
 from tests.test_delivery import fire_at_epoch
 
 
@@ -49,7 +49,7 @@ class Honcho:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env = {k: v for k, v in clean_environ().items() if k != "REDIS_URL"}
         env.update(TIMER_DATA_DIR=data_dir, PATH=BIN + os.pathsep + os.environ.get("PATH", ""),
                    PYTHONUNBUFFERED="1")
         if redis_url:
