@@ -42,7 +42,7 @@ def _detail(document, name):
     if name == "bytes_per_timer" and name in d:
         m = d[name]
         rid = (m.get("populate_equivalence") or {}).get("request_id_bytes")
-        extra = f", of which the 16-char request id ~{rid} B" if rid is not None else ""
+        extra = f", of which the request id ~{rid} B" if rid is not None else ""
         return f"{m['runs']} run(s) x {m['timers']} pending timers{extra}"
     if name == "recovery_s_per_million" and name in d:
         r = d[name]
