@@ -108,4 +108,4 @@ def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=N
     retired = [i for i in known if i >= live_count]
     retired_fed = sum(_feed_retired(store, balancer, i, visibility_ms) for i in retired)
     return {"leases_retrying": leases["retrying"], "leases_failed": leases["failed"],
-            "lost": lost, "retired_fed": retired_fed, "trimmed": store.trim_finished(known)}
+            "lost": lost, "retired_fed": retired_fed, "trimmed": store.trim_finished(known, now)}

@@ -439,13 +439,15 @@ class TimerStore:
         return shard.cancel(keys=shard.timer_keys(timer_id),
                             args=[timer_id, self.retention_ms]).decode()
 
-    def trim_finished(self, indexes):
+    def trim_finished(self, indexes, now):
         """Drop finished timers older than the retention period from the done indexes.
 
+        Args:
+            now: the Redis clock in epoch ms.
         Returns:
             how many entries were removed.
         """
-        cutoff = now_ms(self.control) - self.retention_ms
+        cutoff = now - self.retention_ms
         removed = 0
         for index in indexes:
             shard = self.shard(index)
