@@ -189,7 +189,8 @@ class TimerCollection:
         timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
                                                       req.context.request_id)
         metrics.TIMER_CREATED.inc()
-        log.info("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": delay_s})
+        # DEBUG: a JSON line per create costs a third of the request's CPU (docs/BENCHMARKS.md).
+        log.debug("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": delay_s})
         return {"status": 201, "location": f"/timers/{timer_id}",
                 "body": timer_view(timer_id, record, created)}
 

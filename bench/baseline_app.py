@@ -5,7 +5,7 @@ Run on the project's gunicorn configuration (same workers, threads, limits):
 
 ``POST /timers`` parses the JSON body with Falcon's media handler, then does
 in ONE pipelined round trip the same Redis writes as the product
-(``sharding/store.py``): ``INCR timers:seq``, ``HSET`` of a record with the
+(``sharding/store.py``): ``INCR`` of the shard's id counter, ``HSET`` of a record with the
 create script's fields (read from the script itself, :func:`record_fields`:
 ``u`` url, ``f`` fire time, ``s`` status, ``r`` request id, ``a`` attempts if
 the script stores it...) and ``ZADD`` to a due sorted set, on shards taken in
@@ -27,13 +27,12 @@ import redis
 
 from sharding import config, queues, store
 
-SEQ_KEY = store.SEQ_KEY
 SHARD_ID_BASE = store.SHARD_ID_BASE
 _DEFAULT_FIELDS = ("u", "f", "s", "a", "r")
 
 
 def record_fields(script=None):
-    """Field names of the record the product's create script writes (``HSET`` on ``KEYS[1]``).
+    """Field names of the record the product's create script writes (its first ``HSET``).
 
     Args:
         script: Lua text (default ``sharding.store._CREATE``).
@@ -42,7 +41,7 @@ def record_fields(script=None):
         version (u, f, s, a, r) when the script cannot be read.
     """
     text = script if script is not None else getattr(store, "_CREATE", "")
-    match = re.search(r"redis\.call\('HSET',\s*KEYS\[1\],(.*?)\)\s*$", text, re.MULTILINE)
+    match = re.search(r"redis\.call\('HSET',\s*[^,]+,(.*?)\)\s*$", text, re.MULTILINE)
     if not match:
         return _DEFAULT_FIELDS
     args = [a.strip() for a in match.group(1).split(",")]
@@ -76,7 +75,7 @@ class BaselineTimers:
         values = {"u": body["url"], "f": fire_ms, "s": "scheduled", "a": 0,
                   "r": req.get_header("X-Request-ID") or ""}
         pipe = self.client.pipeline(transaction=False)
-        pipe.incr(SEQ_KEY)
+        pipe.incr(f"bench:seq:{tag}")
         pipe.hset(f"bench:t:{tag}:{member}", mapping={name: values.get(name, "") for name in self.fields})
         pipe.zadd(f"bench:due:{tag}", {member: fire_ms})
         seq = pipe.execute()[0]

@@ -88,7 +88,7 @@ from bench.fast_receiver import FastReceiver
 from sharding import config, logs
 from sharding.balancer import LeastBusy
 from sharding.recovery import recover
-from sharding.store import FEED_BATCH, SEQ_KEY, SHARD_ID_BASE, TimerStore, now_ms
+from sharding.store import FEED_BATCH, TimerStore, now_ms
 from tests.harness import BIN, RedisServer, Service, json_lines, wait_until
 
 log = logging.getLogger("bench.run")
@@ -220,8 +220,8 @@ def populate(store, count, shards, delay_ms, url=HOOK_URL, mode="pipeline", proc
             int, or a callable returning it, called for every timer just
             before it is queued for sending.
         mode: ``pipeline``: the product's create script (``Shard.create``)
-            pipelined, ``POPULATE_BATCH`` timers per round trip, ids from one
-            ``INCRBY timers:seq``, in ``processes`` forked processes;
+            pipelined, ``POPULATE_BATCH`` timers per round trip, in ``processes``
+            forked processes;
             ``create``: ``TimerStore.create`` one by one in 4 threads.
     Returns:
         (earliest, latest) fire time the script returned, epoch ms.
@@ -265,20 +265,17 @@ def _populate_pipelined(store, count, shards, delay_ms, url):
     done = 0
     while done < count:
         n = min(batch, count - done)
-        last_seq = store.control.incrby(SEQ_KEY, n)
         pipes = {}
-        for k, seq in enumerate(range(last_seq - n + 1, last_seq + 1)):
+        for k in range(n):
             index = (done + k) % shards
             shard = store.shard(index)
             pipe = pipes.get(index)
             if pipe is None:
                 pipe = pipes[index] = shard.redis.pipeline(transaction=False)
-            timer_id = seq * SHARD_ID_BASE + index
             delay = int(delay_ms() if callable(delay_ms) else delay_ms)
-            shard.create(keys=[shard.record_key(timer_id), shard.due_key],
-                         args=[timer_id, url, delay, new_request_id()], client=pipe)
+            shard.create_timer(url, delay, new_request_id(), client=pipe)
         for pipe in pipes.values():
-            fires = [int(fire) for fire, _ in pipe.execute()]
+            fires = [int(fire) for _, fire, _ in pipe.execute()]
             earliest, latest = min(earliest, *fires), max(latest, *fires)
         done += n
     return earliest, latest
@@ -707,10 +704,10 @@ def populate_equivalence(store, client):
     """
     rid = new_request_id()
     timer_id, _, _ = store.create(HOOK_URL, 3_600_000, 0, rid)
-    seq = client.incr(SEQ_KEY)
-    other = seq * SHARD_ID_BASE
     shard = store.shard(0)
-    shard.create(keys=[shard.record_key(other), shard.due_key], args=[other, HOOK_URL, 3_600_000, rid])
+    pipe = shard.redis.pipeline(transaction=False)
+    shard.create_timer(HOOK_URL, 3_600_000, rid, client=pipe)
+    (other, _, _), = pipe.execute()
     one, two = client.hgetall(shard.record_key(timer_id)), client.hgetall(shard.record_key(other))
     fields = sorted(k.decode() for k in one)
     # Every field equal but the fire time (a few ms apart).

@@ -19,11 +19,20 @@ shard's keys share one Redis Cluster slot and one Lua script may touch them):
   ``cancelled``: finished timers by finish time, trimmed after retention.
 * ``huey.redis.{ti}``: the shard's Huey queue (a list of messages).
 
-Control keys (on the ``REDIS_URL`` server): ``timers:seq`` (the id counter)
-and ``timers:shards`` (every shard index ever configured).
+* ``seq:{ti}``: the shard's id counter (the last id sequence number it gave).
 
-A timer id is ``seq * 1000 + home shard``: the shard holding its record is
-``id % 1000``, derivable without a lookup table; ids grow with ``seq``.
+Control key (on the ``REDIS_URL`` server): ``timers:shards`` (every shard
+index ever configured).
+
+A timer id is ``n * 1000 + home shard``: the shard holding its record is
+``id % 1000``, derivable without a lookup table. The create script takes
+``n`` from the shard's own counter, as the larger of the counter plus one
+and the Redis clock in units of 100 microseconds since 2026-01-01 (so one
+round trip stores a timer and no script touches another shard's keys). Ids
+are unique (one counter per shard, the shard in the last three digits) and
+grow with creation time: a timer created after another one's ``201`` has a
+larger id, across shards, as long as the shards share a clock. They stay
+below 2**53 (exact in JavaScript) until 2054.
 """
 
 import dataclasses
@@ -37,7 +46,8 @@ SHARD_ID_BASE = 1000
 FEED_BATCH = 500
 STATUSES = ("scheduled", "retrying", "firing", "fired", "failed", "cancelled")
 FINAL = ("fired", "failed", "cancelled")
-SEQ_KEY = "timers:seq"
+# 2026-01-01T00:00:00Z in units of 100 microseconds: ids count from there.
+ID_EPOCH_UNITS = 1_767_225_600 * 10_000
 SHARDS_KEY = "timers:shards"
 
 _NOW_MS = """
@@ -45,12 +55,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: record, due. ARGV: id, url, delay ms, request id. Returns {fire, now}.
-_CREATE = _NOW_MS + """
-local fire = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'u', ARGV[2], 'f', fire, 's', 'scheduled', 'r', ARGV[4])
-redis.call('ZADD', KEYS[2], fire, ARGV[1])
-return {fire, now}
+# KEYS: the shard's id counter, due. ARGV: record key prefix, shard index, url,
+# delay ms, request id. Returns {id, fire, now}.
+_CREATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local clock = tonumber(t[1]) * 10000 + math.floor(tonumber(t[2]) / 100) - """ + str(ID_EPOCH_UNITS) + """
+local n = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, clock)
+redis.call('SET', KEYS[1], string.format('%d', n))
+local id = string.format('%d', n * 1000 + tonumber(ARGV[2]))
+local fire = now + tonumber(ARGV[4])
+-- The record key is the shard's prefix (its hash tag, so its slot) plus the new id.
+redis.call('HSET', ARGV[1] .. id, 'u', ARGV[3], 'f', fire, 's', 'scheduled', 'r', ARGV[5])
+redis.call('ZADD', KEYS[2], fire, id)
+return {tonumber(id), fire, now}
 """
 
 # KEYS: due. ARGV: limit, visibility ms. Takes up to limit due timers and
@@ -209,6 +227,7 @@ class Shard:
         self.huey = queues.make_huey(index, self.pool)
         tag = queues.storage_name(index)
         self.due_key = f"due:{tag}"
+        self.seq_key = f"seq:{tag}"
         self.leases_key = f"lease:{tag}"
         self.retries_key = f"retry:{tag}"
         self.done_keys = {status: f"done:{tag}:{status}" for status in FINAL}
@@ -220,6 +239,15 @@ class Shard:
         self.finish = self.redis.register_script(_FINISH)
         self.expire_lease = self.redis.register_script(_EXPIRE_LEASE)
         self.cancel = self.redis.register_script(_CANCEL)
+
+    def create_timer(self, url, delay_ms, request_id="", client=None):
+        """Run the create script (see :meth:`TimerStore.create`); ``client`` may be a pipeline.
+
+        Returns:
+            [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it executes).
+        """
+        return self.create(keys=[self.seq_key, self.due_key],
+                           args=[self._record_prefix, self.index, url, delay_ms, request_id], client=client)
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""
@@ -291,10 +319,7 @@ class TimerStore:
         Returns:
             (timer id, record dict as :meth:`get` returns it, now epoch ms).
         """
-        timer_id = self.control.incr(SEQ_KEY) * SHARD_ID_BASE + shard_index
-        shard = self.shard(shard_index)
-        fire_ms, created_ms = shard.create(keys=[shard.record_key(timer_id), shard.due_key],
-                                           args=[timer_id, url, delay_ms, request_id])
+        timer_id, fire_ms, created_ms = self.shard(shard_index).create_timer(url, delay_ms, request_id)
         record = {"url": url, "fire_at": fire_ms, "status": "scheduled", "attempts": 0,
                   "last_error": None}
         return timer_id, record, created_ms

@@ -417,7 +417,9 @@ def test_shard_depth_counts_pending_timers(make_service):
 
 # --- X-Request-ID ------------------------------------------------------------------------------------
 
-def test_request_id_is_echoed_and_follows_the_timer_into_the_logs(service, receiver):
+def test_request_id_is_echoed_and_follows_the_timer_into_the_logs(make_service, receiver):
+    # Per-timer lines of successful creates and deliveries are DEBUG (their cost: docs/BENCHMARKS.md).
+    service = make_service(env={"TIMER_LOG_LEVEL": "DEBUG"}).start()
     response = _create(service, f"{receiver.url}/rid", headers={"X-Request-ID": "test-req-123"})
     assert response.headers["X-Request-ID"] == "test-req-123"
     timer_id = response.json()["id"]
