@@ -9,8 +9,9 @@ Only the queue (a Redis list) of each Huey instance is used: timers wait in
 the timer store's due index, and each consumer's feeder (``workers.consumer``)
 moves them onto the queue when they come due.
 
-A message carries only a timer id, as JSON: ``{"timer": 123}``, so recovery
-can tell which timers a queue holds without unpickling anything.
+A message carries only timer ids of one shard, as JSON: ``{"timers": [123, 124]}``
+(one to :data:`MAX_TIMERS_PER_MESSAGE`), so recovery can tell which timers a
+queue holds without unpickling anything.
 """
 
 import json
@@ -34,32 +35,40 @@ def storage_name(index):
     return f"{{t{index}}}"
 
 
-def message_for(timer_id):
-    """The queue message for ``timer_id`` (bytes, deterministic)."""
-    return b'{"timer":%d}' % timer_id
+# A batch is sent in order by one consumer thread: kept short so that a slow
+# receiver delays few others, long enough to cut a backlog's round trips by ~16.
+MAX_TIMERS_PER_MESSAGE = 16
 
 
-def timer_of(message):
-    """The timer id in a queue message.
+def message_for(timer_ids):
+    """The queue message for a batch of timer ids (bytes, deterministic): ``b'{"timers":[7,8]}'``."""
+    return b'{"timers":[%s]}' % b",".join(b"%d" % timer_id for timer_id in timer_ids)
+
+
+def timers_of(message):
+    """The timer ids in a queue message.
 
     Args:
-        message: bytes as stored in a Huey queue or schedule.
+        message: bytes (or text) as stored in a Huey queue.
     Returns:
-        int timer id.
+        list of int timer ids.
     Raises:
-        ValueError: the message is not of the form ``{"timer": <positive int>}``.
+        ValueError: the message is not ``{"timers": [...]}`` with 1 to
+            :data:`MAX_TIMERS_PER_MESSAGE` positive integers.
     """
     data = json.loads(message)
-    if not isinstance(data, dict) or set(data) != {"timer"}:
-        raise ValueError("queue message must be an object with only 'timer'")
-    timer_id = data["timer"]
-    if type(timer_id) is not int or timer_id < 1:
-        raise ValueError("'timer' must be a positive integer")
-    return timer_id
+    if not isinstance(data, dict) or set(data) != {"timers"}:
+        raise ValueError("queue message must be an object with only 'timers'")
+    ids = data["timers"]
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_TIMERS_PER_MESSAGE:
+        raise ValueError(f"'timers' must be a list of 1 to {MAX_TIMERS_PER_MESSAGE} ids")
+    if any(type(timer_id) is not int or timer_id < 1 for timer_id in ids):
+        raise ValueError("'timers' must hold positive integers")
+    return ids
 
 
 class TimerMessageSerializer(Serializer):
-    """Huey serializer for timer messages: JSON holding one timer id, never pickle.
+    """Huey serializer for timer messages: JSON holding timer ids, never pickle.
 
     Pickle would let anyone who can write to Redis run code in every consumer
     (Huey docs, "Serialization"); this format carries data only.
@@ -76,10 +85,10 @@ class TimerMessageSerializer(Serializer):
         self.task_name = task_wrapper.huey._registry.task_to_string(task_wrapper.task_class)
 
     def serialize(self, data):
-        """Encode a Huey ``Message`` whose only argument is a timer id."""
+        """Encode a Huey ``Message`` whose only argument is a list of timer ids."""
         if len(data.args) != 1 or data.kwargs:
-            raise ValueError("a timer message carries exactly one timer id")
-        return message_for(int(data.args[0]))
+            raise ValueError("a timer message carries exactly one list of timer ids")
+        return message_for([int(timer_id) for timer_id in data.args[0]])
 
     def deserialize(self, data):
         """Decode bytes into a Huey ``Message`` for the bound task.
@@ -87,9 +96,9 @@ class TimerMessageSerializer(Serializer):
         Raises:
             ValueError: malformed message (Huey logs and drops it).
         """
-        timer_id = timer_of(data)
-        return Message(id=f"timer-{timer_id}", name=self.task_name, retries=0,
-                       retry_delay=0, args=(timer_id,), kwargs={})
+        ids = timers_of(data)
+        return Message(id=f"timers-{ids[0]}", name=self.task_name, retries=0,
+                       retry_delay=0, args=(ids,), kwargs={})
 
 
 class TimerHuey(RedisHuey):

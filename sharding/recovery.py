@@ -38,7 +38,11 @@ def _queued_ids(shard):
     start = 0
     while True:
         batch = shard.redis.lrange(shard.queue_key, start, start + CHUNK - 1)
-        held.update(queues.timer_of(m) for m in batch)
+        for message in batch:
+            try:
+                held.update(queues.timers_of(message))
+            except ValueError:
+                continue  # malformed: consumers drop it, it keeps no timer hidden
         if len(batch) < CHUNK:
             return held
         start += CHUNK

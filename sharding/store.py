@@ -81,96 +81,115 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', hide, id) end
 return ids
 """
 
-# Scripts below take the KEYS of Shard.timer_keys: record, due, leases,
-# retries, done:fired, done:failed, done:cancelled.
+# Scripts below take the KEYS of Shard.timer_keys: due, leases, retries,
+# done:fired, done:failed, done:cancelled, then one record key per timer.
 _FINALIZE = """
-local function finalize(status, id, retention)
-  local done = {fired = KEYS[5], failed = KEYS[6], cancelled = KEYS[7]}
-  redis.call('HSET', KEYS[1], 's', status, 'x', now)
-  redis.call('HDEL', KEYS[1], 'l', 'd')
+local function finalize(record, status, id, retention)
+  local done = {fired = KEYS[4], failed = KEYS[5], cancelled = KEYS[6]}
+  redis.call('HSET', record, 's', status, 'x', now)
+  redis.call('HDEL', record, 'l', 'd')
+  redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
-  redis.call('ZREM', KEYS[4], id)
   redis.call('ZADD', done[status], now, id)
-  redis.call('PEXPIRE', KEYS[1], retention)
+  redis.call('PEXPIRE', record, retention)
 end
 """
 
-# ARGV: id, lease ms, early tolerance ms.
-# Returns {status} when not claimable, {'early', due} when not yet due,
-# {'firing', attempts, url, fire, now} when claimed.
+# ARGV: lease ms, early tolerance ms, then the ids (records: KEYS[7..]).
+# One entry per id: {status} when not claimable, {'early', due} when not yet
+# due, {'firing', attempts, url, fire, now, request id} when claimed. The
+# batch is sent in order, so the k-th timer claimed gets k leases of time.
 _CLAIM = _NOW_MS + """
-local r = redis.call('HMGET', KEYS[1], 's', 'd', 'f', 'u')
-if r[1] ~= 'scheduled' and r[1] ~= 'retrying' then return {r[1] or 'missing'} end
-local due = tonumber(r[2] or r[3])
-if due > now + tonumber(ARGV[3]) then
-  -- A stale message: the feed that sent it hid the timer; show it again at its due time.
-  redis.call('ZADD', KEYS[2], 'XX', due, ARGV[1])
-  return {'early', due}
+local out, claimed = {}, 0
+for i = 3, #ARGV do
+  local id, record = ARGV[i], KEYS[i + 4]
+  local r = redis.call('HMGET', record, 's', 'd', 'f', 'u', 'r')
+  if r[1] ~= 'scheduled' and r[1] ~= 'retrying' then
+    out[#out + 1] = {r[1] or 'missing'}
+  else
+    local due = tonumber(r[2] or r[3])
+    if due > now + tonumber(ARGV[2]) then
+      -- A stale message: the feed that sent it hid the timer; show it again at its due time.
+      redis.call('ZADD', KEYS[1], 'XX', due, id)
+      out[#out + 1] = {'early', due}
+    else
+      claimed = claimed + 1
+      local attempts = redis.call('HINCRBY', record, 'a', 1)
+      local lease = now + tonumber(ARGV[1]) * claimed
+      redis.call('HSET', record, 's', 'firing', 'l', lease)
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('ZADD', KEYS[2], lease, id)
+      out[#out + 1] = {'firing', attempts, r[4], r[3], now, r[5] or ''}
+    end
+  end
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
-local lease = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 's', 'firing', 'l', lease)
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZADD', KEYS[3], lease, ARGV[1])
-return {'firing', attempts, r[4], r[3], now, redis.call('HGET', KEYS[1], 'r') or ''}
+return out
 """
 
-# ARGV: id, attempt, new status, last error, delay ms until the next attempt
-# (retrying), retention ms (final statuses).
-# Applies only while the attempt number still matches (a fencing token): a
-# late worker whose lease expired and whose timer was claimed again changes
-# nothing. A late success is still taken while no newer attempt has begun.
-# Returns {applied, next attempt ms}.
+# ARGV: retention ms (final statuses), then per timer (records: KEYS[7..]):
+# id, attempt, new status, last error, delay ms until the next attempt
+# (retrying). An outcome applies only while the attempt number still matches
+# (a fencing token): a late worker whose lease expired and whose timer was
+# claimed again changes nothing. A late success is still taken while no newer
+# attempt has begun. One {applied, next attempt ms} per timer.
 _FINISH = _NOW_MS + _FINALIZE + """
-local r = redis.call('HMGET', KEYS[1], 's', 'a')
-if (r[2] or '0') ~= ARGV[2] then return {0, 0} end
-if r[1] ~= 'firing' and not (ARGV[3] == 'fired' and (r[1] == 'scheduled' or r[1] == 'retrying')) then
-  return {0, 0}
+local out = {}
+for i = 2, #ARGV, 5 do
+  local id, attempt, status, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local record = KEYS[6 + #out + 1]
+  local r = redis.call('HMGET', record, 's', 'a')
+  local owned = (r[2] or '0') == attempt and (r[1] == 'firing' or
+    (status == 'fired' and (r[1] == 'scheduled' or r[1] == 'retrying')))
+  if not owned then
+    out[#out + 1] = {0, 0}
+  elseif status ~= 'retrying' then
+    redis.call('HSET', record, 'e', err)
+    finalize(record, status, id, ARGV[1])
+    out[#out + 1] = {1, now}
+  else
+    local next = now + tonumber(ARGV[i + 4])
+    redis.call('HSET', record, 's', 'retrying', 'd', next, 'e', err)
+    redis.call('HDEL', record, 'l')
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZADD', KEYS[1], next, id)
+    redis.call('ZADD', KEYS[3], next, id)
+    out[#out + 1] = {1, next}
+  end
 end
-redis.call('HSET', KEYS[1], 'e', ARGV[4])
-if ARGV[3] ~= 'retrying' then
-  finalize(ARGV[3], ARGV[1], ARGV[6])
-  return {1, now}
-end
-local next = now + tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 's', 'retrying', 'd', next)
-redis.call('HDEL', KEYS[1], 'l')
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[2], next, ARGV[1])
-redis.call('ZADD', KEYS[4], next, ARGV[1])
-return {1, next}
+return out
 """
 
-# ARGV: id, max attempts, retention ms.
+# ARGV: id, max attempts, retention ms (record: KEYS[7]).
 # A firing timer whose lease has run out goes back to retrying (due now), or
 # to failed when that was its last attempt. Returns the new status or false.
 _EXPIRE_LEASE = _NOW_MS + _FINALIZE + """
-local r = redis.call('HMGET', KEYS[1], 's', 'l', 'a')
+local record = KEYS[7]
+local r = redis.call('HMGET', record, 's', 'l', 'a')
 if r[1] ~= 'firing' then
-  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
 if tonumber(r[2] or 0) > now then return false end
 if tonumber(r[3] or 0) >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'e', 'lease expired on the last attempt')
-  finalize('failed', ARGV[1], ARGV[3])
+  redis.call('HSET', record, 'e', 'lease expired on the last attempt')
+  finalize(record, 'failed', ARGV[1], ARGV[3])
   return 'failed'
 end
-redis.call('HSET', KEYS[1], 's', 'retrying', 'd', now, 'e', 'lease expired (delivery cut off)')
-redis.call('HDEL', KEYS[1], 'l')
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('HSET', record, 's', 'retrying', 'd', now, 'e', 'lease expired (delivery cut off)')
+redis.call('HDEL', record, 'l')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZADD', KEYS[3], now, ARGV[1])
 return 'retrying'
 """
 
-# ARGV: id, retention ms. Cancels a pending timer; returns the status the
-# timer had ('missing' when there is none); only a pending one changes.
+# ARGV: id, retention ms (record: KEYS[7]). Cancels a pending timer; returns
+# the status the timer had ('missing' when there is none); only a pending one changes.
 _CANCEL = _NOW_MS + _FINALIZE + """
-local st = redis.call('HGET', KEYS[1], 's')
-if st == 'scheduled' or st == 'retrying' then finalize('cancelled', ARGV[1], ARGV[2]) end
+local st = redis.call('HGET', KEYS[7], 's')
+if st == 'scheduled' or st == 'retrying' then finalize(KEYS[7], 'cancelled', ARGV[1], ARGV[2]) end
 return st or 'missing'
 """
 
@@ -200,7 +219,7 @@ def now_ms(client):
 
 @dataclasses.dataclass
 class Claim:
-    """Outcome of :meth:`TimerStore.claim`.
+    """Outcome of :meth:`TimerStore.claim` for one timer.
 
     ``status`` is ``firing`` when this caller now owns the delivery attempt
     number ``attempt``; ``early`` when the timer is not due until ``due_ms``;
@@ -208,6 +227,7 @@ class Claim:
     Times are epoch milliseconds.
     """
 
+    timer_id: int
     status: str
     attempt: int = 0
     url: str = ""
@@ -215,6 +235,22 @@ class Claim:
     now_ms: int = 0
     due_ms: int = 0
     request_id: str = ""
+
+
+@dataclasses.dataclass
+class Finish:
+    """The outcome of delivery attempt ``attempt`` of ``timer_id``, for :meth:`TimerStore.finish`.
+
+    ``status``: ``fired``, ``failed`` or ``retrying``; ``last_error``: short
+    text such as ``HTTP 503`` (empty on success); ``retry_delay_ms``:
+    milliseconds from now (Redis clock) to the next attempt (``retrying`` only).
+    """
+
+    timer_id: int
+    attempt: int
+    status: str
+    last_error: str = ""
+    retry_delay_ms: int = 0
 
 
 class Shard:
@@ -253,11 +289,11 @@ class Shard:
         """Redis key of ``timer_id``'s record on this shard."""
         return self._record_prefix + str(timer_id)
 
-    def timer_keys(self, timer_id):
-        """The KEYS of the state-changing scripts: record, due, leases, retries,
-        and the done indexes of fired, failed, cancelled."""
-        return [self.record_key(timer_id), self.due_key, self.leases_key, self.retries_key,
-                *self.done_keys.values()]
+    def timer_keys(self, timer_ids):
+        """The KEYS of the state-changing scripts: due, leases, retries, the done
+        indexes of fired, failed, cancelled, then the record of each of ``timer_ids``."""
+        return [self.due_key, self.leases_key, self.retries_key, *self.done_keys.values(),
+                *(self.record_key(timer_id) for timer_id in timer_ids)]
 
     def index_key(self, status):
         """The sorted set that lists timers of ``status`` on this shard.
@@ -387,57 +423,83 @@ class TimerStore:
                     out.append((sc, int(m), record))
         return out
 
-    def feed(self, due_index, queue_index, visibility_ms, limit=FEED_BATCH):
+    def feed(self, due_index, queue_index, visibility_ms, spread=1, limit=FEED_BATCH):
         """Move up to ``limit`` due timers of shard ``due_index`` onto ``queue_index``'s queue.
 
         The timers stay in the due index, hidden for ``visibility_ms``: a claim
-        removes them; a lost message makes them due again.
+        removes them; a lost message makes them due again. They go out in due
+        order, spread over as many messages as ``spread`` (the consumer
+        threads that serve the queue) can take at once, at most
+        ``queues.MAX_TIMERS_PER_MESSAGE`` per message: a trickle of due timers
+        goes one per message, sent in parallel; a backlog goes in batches that
+        cost three Redis round trips per message instead of per timer.
         Returns:
             the number of timers put on the queue.
         """
-        ids = self.shard(due_index).feed(keys=[self.shard(due_index).due_key],
-                                         args=[limit, visibility_ms])
+        ids = [int(i) for i in self.shard(due_index).feed(keys=[self.shard(due_index).due_key],
+                                                           args=[limit, visibility_ms])]
         if ids:
+            size = min(queues.MAX_TIMERS_PER_MESSAGE, -(-len(ids) // max(1, spread)))
             queue = self.shard(queue_index)
-            queue.redis.lpush(queue.queue_key, *(queues.message_for(int(i)) for i in ids))
+            queue.redis.lpush(queue.queue_key, *(queues.message_for(ids[k:k + size])
+                                                 for k in range(0, len(ids), size)))
         return len(ids)
 
-    def claim(self, timer_id, lease_ms, early_ms=50):
-        """Claim a due timer for one delivery attempt (scheduled/retrying → firing).
+    def _one_shard(self, timer_ids):
+        shard = self._home(timer_ids[0])
+        if any(home_shard(timer_id) != shard.index for timer_id in timer_ids):
+            raise ValueError("a batch must hold timers of one shard")
+        return shard
+
+    def claim(self, timer_ids, lease_ms, early_ms=50):
+        """Claim due timers of one shard for one delivery attempt each (scheduled/retrying → firing).
+
+        One atomic script for the whole batch. The batch is meant to be sent
+        in order: the k-th timer claimed holds its lease for ``k * lease_ms``.
 
         Args:
-            lease_ms: how long the claim holds before recovery may take it back.
+            timer_ids: non-empty list of ids with the same home shard.
+            lease_ms: how long one delivery attempt may take before recovery
+                may take the timer back.
             early_ms: how far before its due time a timer may still be claimed.
         Returns:
-            :class:`Claim`.
+            list of :class:`Claim`, in the order of ``timer_ids``.
+        Raises:
+            ValueError: the ids are not all on one shard.
         """
-        shard = self._home(timer_id)
-        res = shard.claim(keys=shard.timer_keys(timer_id), args=[timer_id, lease_ms, early_ms])
-        status = res[0].decode()
-        if status == "early":
-            return Claim(status, due_ms=int(res[1]))
-        if status != "firing":
-            return Claim(status)
-        return Claim(status, attempt=int(res[1]), url=res[2].decode(),
-                     fire_at_ms=int(res[3]), now_ms=int(res[4]), request_id=res[5].decode())
+        shard = self._one_shard(timer_ids)
+        claims = []
+        for timer_id, res in zip(timer_ids, shard.claim(keys=shard.timer_keys(timer_ids),
+                                                         args=[lease_ms, early_ms, *timer_ids]), strict=True):
+            status = res[0].decode()
+            if status == "early":
+                claims.append(Claim(timer_id, status, due_ms=int(res[1])))
+            elif status != "firing":
+                claims.append(Claim(timer_id, status))
+            else:
+                claims.append(Claim(timer_id, status, attempt=int(res[1]), url=res[2].decode(),
+                                    fire_at_ms=int(res[3]), now_ms=int(res[4]),
+                                    request_id=res[5].decode()))
+        return claims
 
-    def finish(self, timer_id, attempt, status, last_error="", retry_delay_ms=0):
-        """Record the outcome of delivery attempt ``attempt``.
+    def finish(self, outcomes):
+        """Record the outcomes of delivery attempts on timers of one shard, in one script.
 
         Args:
-            status: ``fired``, ``failed`` or ``retrying``.
-            last_error: short text such as ``HTTP 503`` (empty on success).
-            retry_delay_ms: milliseconds from now (Redis clock) to the next
-                attempt (``retrying`` only).
+            outcomes: non-empty list of :class:`Finish`.
         Returns:
-            (applied, next attempt epoch ms); applied is False when the attempt
-            no longer owns the timer.
+            list of (applied, next attempt epoch ms), in the order of
+            ``outcomes``; applied is False when the attempt no longer owns the timer.
+        Raises:
+            ValueError: the timers are not all on one shard.
         """
-        shard = self._home(timer_id)
-        applied, next_ms = shard.finish(
-            keys=shard.timer_keys(timer_id),
-            args=[timer_id, attempt, status, last_error, int(retry_delay_ms), self.retention_ms])
-        return bool(applied), int(next_ms)
+        ids = [outcome.timer_id for outcome in outcomes]
+        shard = self._one_shard(ids)
+        args = [self.retention_ms]
+        for o in outcomes:
+            args += [o.timer_id, o.attempt, o.status, o.last_error, int(o.retry_delay_ms)]
+        return [(bool(applied), int(next_ms))
+                for applied, next_ms in shard.finish(keys=shard.timer_keys(ids), args=args)]
 
     def expire_lease(self, timer_id, max_attempts):
         """Take back a ``firing`` timer whose lease ran out.
@@ -447,7 +509,7 @@ class TimerStore:
             or the timer is no longer firing.
         """
         shard = self._home(timer_id)
-        res = shard.expire_lease(keys=shard.timer_keys(timer_id),
+        res = shard.expire_lease(keys=shard.timer_keys([timer_id]),
                                  args=[timer_id, max_attempts, self.retention_ms])
         return res.decode() if res else None
 
@@ -461,7 +523,7 @@ class TimerStore:
             claim racing, exactly one wins.
         """
         shard = self._home(timer_id)
-        return shard.cancel(keys=shard.timer_keys(timer_id),
+        return shard.cancel(keys=shard.timer_keys([timer_id]),
                             args=[timer_id, self.retention_ms]).decode()
 
     def trim_finished(self, indexes, now):

@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from sharding.store import ID_EPOCH_UNITS, TimerStore, home_shard
+from sharding.queues import timers_of
+from sharding.store import ID_EPOCH_UNITS, Finish, TimerStore, home_shard
 
 
 @pytest.fixture
@@ -38,3 +39,63 @@ def test_a_shard_counter_ahead_of_the_clock_still_gives_unique_ids(store, redis_
     second, _, _ = store.create("https://x.test/h", 60_000, 1)
     assert (first, second) == ((ahead + 1) * 1000 + 1, (ahead + 2) * 1000 + 1)
     assert store.get(second)[0]["status"] == "scheduled"
+
+
+def _due_now(store, shard, count):
+    return [store.create("https://x.test/h", 0, shard)[0] for _ in range(count)]
+
+
+def test_feed_spreads_a_trickle_one_per_message_and_batches_a_backlog(store, redis_client):
+    queue = store.shard(0).queue_key
+    assert store.feed(0, 0, 30_000, spread=8) == 0
+    few = _due_now(store, 0, 3)
+    assert store.feed(0, 0, 30_000, spread=8) == 3
+    assert [timers_of(m) for m in reversed(redis_client.lrange(queue, 0, -1))] == [[i] for i in few]
+    redis_client.delete(queue)
+    many = _due_now(store, 0, 40)
+    assert store.feed(0, 0, 30_000, spread=8) == 40
+    assert [timers_of(m) for m in reversed(redis_client.lrange(queue, 0, -1))] == [
+        many[k:k + 5] for k in range(0, 40, 5)]
+    redis_client.delete(queue)
+    backlog = _due_now(store, 0, 40)
+    assert store.feed(0, 0, 30_000, spread=1) == 40
+    assert [timers_of(m) for m in reversed(redis_client.lrange(queue, 0, -1))] == [
+        backlog[:16], backlog[16:32], backlog[32:]]
+
+
+def test_claim_a_batch_staggers_leases_and_reports_each_timer(store, redis_client):
+    due = _due_now(store, 1, 3)
+    later, _, _ = store.create("https://x.test/h", 60_000, 1)
+    cancelled = _due_now(store, 1, 1)[0]
+    assert store.cancel(cancelled) == "scheduled"
+    claims = store.claim([due[0], later, cancelled, due[1], due[2], 999_001], lease_ms=10_000)
+    assert [(c.timer_id, c.status) for c in claims] == [
+        (due[0], "firing"), (later, "early"), (cancelled, "cancelled"), (due[1], "firing"),
+        (due[2], "firing"), (999_001, "missing")]
+    assert [c.attempt for c in claims if c.status == "firing"] == [1, 1, 1]
+    now = claims[0].now_ms
+    leases = dict(redis_client.zrange(store.shard(1).leases_key, 0, -1, withscores=True))
+    assert leases == {b"%d" % due[0]: now + 10_000, b"%d" % due[1]: now + 20_000,
+                      b"%d" % due[2]: now + 30_000}
+    assert store.get(later)[0]["status"] == "scheduled"
+    with pytest.raises(ValueError):
+        store.claim([due[0], _due_now(store, 2, 1)[0]], lease_ms=10_000)
+
+
+def test_finish_a_batch_records_each_outcome_and_fences_stale_attempts(store, redis_client):
+    ids = _due_now(store, 3, 4)
+    store.claim(ids, lease_ms=10_000)
+    results = store.finish([
+        Finish(ids[0], 1, "fired"), Finish(ids[1], 1, "retrying", "HTTP 503", 60_000),
+        Finish(ids[2], 1, "failed", "HTTP 404"), Finish(ids[3], 2, "fired")])
+    assert [applied for applied, _ in results] == [True, True, True, False]
+    records = [store.get(i)[0] for i in ids]
+    assert [(r["status"], r["attempts"], r["last_error"]) for r in records] == [
+        ("fired", 1, None), ("retrying", 1, "HTTP 503"), ("failed", 1, "HTTP 404"), ("firing", 1, None)]
+    shard = store.shard(3)
+    assert redis_client.zscore(shard.due_key, ids[1]) == results[1][1]
+    assert redis_client.zscore(shard.retries_key, ids[1]) == results[1][1]
+    assert results[1][1] - results[0][1] == pytest.approx(60_000, abs=50)
+    assert redis_client.zrange(shard.leases_key, 0, -1) == [b"%d" % ids[3]]
+    assert redis_client.zrange(shard.done_keys["fired"], 0, -1) == [b"%d" % ids[0]]
+    assert redis_client.zrange(shard.done_keys["failed"], 0, -1) == [b"%d" % ids[2]]

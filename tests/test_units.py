@@ -12,7 +12,7 @@ import pytest
 from api.resources import rfc3339_ms, time_left_s
 from api.validation import MAX_URL_LENGTH, FieldError, parse_create
 from sharding.balancer import LeastBusy
-from sharding.queues import message_for, timer_of
+from sharding.queues import MAX_TIMERS_PER_MESSAGE, message_for, timers_of
 from sharding.store import home_shard
 from workers.delivery import backoff_s, classify, parse_retry_after, webhook_url
 
@@ -264,28 +264,30 @@ def test_least_busy_refresh_error_propagates():
 
 # --- sharding.queues messages -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("timer_id", [1, 7, 1003, 123_456_789_000 + 999])
-def test_message_round_trip(timer_id):
-    message = message_for(timer_id)
+@pytest.mark.parametrize("timer_ids", [[1], [7, 1007], [1003], [290_304_512_345_002, 290_304_512_346_002],
+                                       list(range(1000, 17_000, 1000))])
+def test_message_round_trip(timer_ids):
+    message = message_for(timer_ids)
     assert isinstance(message, bytes)
-    assert message == b'{"timer":%d}' % timer_id
-    assert message_for(timer_id) == message  # deterministic
-    assert timer_of(message) == timer_id
-    assert timer_of(message.decode()) == timer_id
+    assert message == b'{"timers":[%s]}' % ",".join(map(str, timer_ids)).encode()
+    assert message_for(timer_ids) == message  # deterministic
+    assert timers_of(message) == timer_ids
+    assert timers_of(message.decode()) == timer_ids
 
 
-def test_timer_of_accepts_whitespace_variants():
-    assert timer_of(b'{ "timer" : 42 }') == 42
+def test_timers_of_accepts_whitespace_variants():
+    assert timers_of(b'{ "timers" : [ 42 , 43 ] }') == [42, 43]
 
 
 @pytest.mark.parametrize("message", [
-    b"", b"not json", b"42", b"[42]", b"null", b'"42"', b"{}",
-    b'{"timer":0}', b'{"timer":-3}', b'{"timer":"7"}', b'{"timer":true}', b'{"timer":1.5}',
-    b'{"timer":null}', b'{"timer":7,"extra":1}', b'{"id":7}',
+    b"", b"not json", b"42", b"[42]", b"null", b'"42"', b"{}", b'{"timers":[]}', b'{"timers":7}',
+    b'{"timers":[0]}', b'{"timers":[-3]}', b'{"timers":["7"]}', b'{"timers":[true]}', b'{"timers":[1.5]}',
+    b'{"timers":[null]}', b'{"timers":[7],"extra":1}', b'{"timer":7}', b'{"timers":[7,[8]]}',
+    b'{"timers":[%s]}' % b",".join(b"%d" % i for i in range(1, MAX_TIMERS_PER_MESSAGE + 2)),
 ])
-def test_timer_of_rejects_bad_messages(message):
+def test_timers_of_rejects_bad_messages(message):
     with pytest.raises(ValueError):
-        timer_of(message)
+        timers_of(message)
 
 
 # --- api.validation.parse_create --------------------------------------------------------------------

@@ -36,12 +36,15 @@ class Feeder(BaseProcess):
         index: the shard whose due index and queue this feeder serves.
         tick_s: seconds between feeds.
         visibility_ms: how long a fed timer stays hidden from other feeds.
+        spread: consumer threads serving the shard's queue (batches are
+            sized so that each gets a share, see ``TimerStore.feed``).
     """
 
     process_name = "Feeder"
 
-    def __init__(self, huey, stop_flag, store, index, tick_s, visibility_ms):
+    def __init__(self, huey, stop_flag, store, index, tick_s, visibility_ms, spread):
         super().__init__(huey, stop_flag)
+        self.spread = spread
         self.store = store
         self.index = index
         self.tick_s = tick_s
@@ -56,7 +59,7 @@ class Feeder(BaseProcess):
         """Feed every due timer (in batches), then sleep until the next tick."""
         begun = time.monotonic()
         try:
-            while self.store.feed(self.index, self.index, self.visibility_ms) == FEED_BATCH:
+            while self.store.feed(self.index, self.index, self.visibility_ms, self.spread) == FEED_BATCH:
                 if self.stop_flag.is_set():
                     break
         except redis.exceptions.RedisError as exc:
@@ -93,7 +96,8 @@ def main(argv=None):
     consumer = TimerConsumer(
         shard.huey,
         feeder_options={"store": store, "index": index, "tick_s": settings.scheduler_tick_seconds,
-                        "visibility_ms": int(settings.visibility_seconds * 1000)},
+                        "visibility_ms": int(settings.visibility_seconds * 1000),
+                        "spread": settings.workers_per_shard * settings.consumer_threads},
         workers=settings.consumer_threads,
         worker_type="thread",
         periodic=False,

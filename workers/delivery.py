@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import email.utils
 import errno
+import http.cookiejar
 import random
 import threading
 import time
@@ -152,6 +153,8 @@ class Sender:
             # No proxies or .netrc from the environment: a webhook goes
             # straight to the address its client gave.
             session.trust_env = False
+            # Receivers' cookies are never kept (nor sent): deliveries are stateless.
+            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
             adapter = guarded_adapter(self.deny)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -169,8 +172,12 @@ class Sender:
         if self.signers:
             headers["webhook-signature"] = signature_header(self.signers, msg_id, timestamp)
         try:
-            with self._session().post(webhook_url(base_url, timer_id), data=b"", headers=headers,
-                                      timeout=self.timeout_s, allow_redirects=False,
+            # Prepared and sent as requests' "Prepared Requests" documents: no
+            # per-call merging of session headers, cookies, auth and environment
+            # settings, none of which a delivery uses.
+            request = requests.Request("POST", webhook_url(base_url, timer_id), data=b"",
+                                       headers=headers).prepare()
+            with self._session().send(request, timeout=self.timeout_s, allow_redirects=False,
                                       stream=True) as response:
                 response.raw.read(MAX_RESPONSE_READ)
                 return classify(response.status_code, response.headers.get("Retry-After"))
