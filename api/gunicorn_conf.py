@@ -6,6 +6,7 @@ Run: ``gunicorn -c api/gunicorn_conf.py 'api.app:create_app()'``.
 import json as _json
 import os as _os
 
+from gunicorn import glogging as _glogging
 from gunicorn import util as _util
 
 from sharding import config as _config
@@ -34,6 +35,7 @@ proc_name = "timer-api"
 # Several services may share a host: no per-user control socket.
 control_socket_disable = True
 
+_ACCESS_LOG = _os.environ.get("TIMER_ACCESS_LOG") == "1"
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -41,15 +43,32 @@ logconfig_dict = {
     "filters": {"request_id": {"()": _logs.RequestIdFilter}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "filters": ["request_id"], "stream": "ext://sys.stderr"}},
-    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "root": {"level": _logs.level(), "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
         # One JSON line per request only with TIMER_ACCESS_LOG=1: it costs
         # throughput, and a reverse proxy usually logs requests already.
-        "gunicorn.access": {"level": "INFO" if _os.environ.get("TIMER_ACCESS_LOG") == "1" else "WARNING",
+        "gunicorn.access": {"level": "INFO" if _ACCESS_LOG else "WARNING",
                             "handlers": ["stderr"], "propagate": False},
     },
 }
+
+
+class AccessLogger(_glogging.Logger):
+    """gunicorn's logger, which builds no access-log line while the access log is off.
+
+    With ``logconfig_dict`` set, gunicorn formats every request's access
+    atoms even when the ``gunicorn.access`` logger drops them (~3% of a
+    request's CPU).
+    """
+
+    def access(self, resp, req, environ, request_time):
+        """Log the request (gunicorn's format) only with ``TIMER_ACCESS_LOG=1``."""
+        if _ACCESS_LOG:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = AccessLogger
 
 
 def child_exit(server, worker):

@@ -2,7 +2,6 @@
 
 import base64
 import binascii
-import functools
 import io
 import json
 import logging
@@ -33,7 +32,8 @@ def _no_duplicate_keys(pairs):
 
 
 # A repeated key is ambiguous input: refused rather than silently taking the last value.
-_JSON = falcon.media.JSONHandler(loads=functools.partial(json.loads, object_pairs_hook=_no_duplicate_keys))
+# One decoder for every request (json.loads with a hook builds a new one per call).
+_JSON = falcon.media.JSONHandler(loads=json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode)
 
 
 def rfc3339_ms(epoch_ms):
@@ -67,6 +67,10 @@ def timer_view(timer_id, record, now):
     }
 
 
+def _too_large():
+    return falcon.HTTPContentTooLarge(description=f"the body must be at most {MAX_BODY_BYTES} bytes")
+
+
 def read_json_body(req):
     """Read and decode a JSON request body with Falcon's JSON handler.
 
@@ -81,16 +85,14 @@ def read_json_body(req):
     if mime != falcon.MEDIA_JSON:
         raise falcon.HTTPUnsupportedMediaType(
             description=f"Content-Type must be application/json, not {req.content_type!r}")
-    too_large = falcon.HTTPContentTooLarge(
-        description=f"the body must be at most {MAX_BODY_BYTES} bytes")
     if (req.content_length or 0) > MAX_BODY_BYTES:
-        raise too_large
+        raise _too_large()
     # Without Content-Length (chunked), Falcon's bounded_stream reads nothing;
     # gunicorn decodes the chunks on the raw stream, which ends at the body's end.
     stream = req.bounded_stream if req.content_length is not None else req.stream
     raw = stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
-        raise too_large
+        raise _too_large()
     try:
         return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))
     except RecursionError:

@@ -38,7 +38,12 @@ def setup(component):
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("TIMER_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level())
+
+
+def level():
+    """The log level name of our loggers: ``TIMER_LOG_LEVEL`` (default ``INFO``)."""
+    return os.environ.get("TIMER_LOG_LEVEL", "INFO").strip().upper() or "INFO"
 
 
 class _ComponentFilter(logging.Filter):

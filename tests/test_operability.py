@@ -480,3 +480,17 @@ def test_docs_page_is_served_without_external_urls(make_service):
     assert init.status_code == 200
     assert "/openapi.json" in init.text
     assert "http" not in init.text
+
+
+# --- access log ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "lines"), [({}, 0), ({"TIMER_ACCESS_LOG": "1"}, 1)])
+def test_access_log_lines_only_with_timer_access_log(make_service, env, lines):
+    service = make_service(env=env).start("api", ready_path="/healthz")
+    with requests.Session() as session:
+        assert session.get(f"{service.url}/shards?probe=access-log", timeout=5).status_code == 200
+        # One keep-alive connection: gunicorn logs a request before it reads the next one.
+        assert session.get(f"{service.url}/healthz", timeout=5).status_code == 200
+    logged = [entry for entry in json_lines(service.logs("api"))
+              if "probe=access-log" in str(entry.get("message", ""))]
+    assert len(logged) == lines

@@ -36,8 +36,8 @@ class Feeder(BaseProcess):
         index: the shard whose due index and queue this feeder serves.
         tick_s: seconds between feeds.
         visibility_ms: how long a fed timer stays hidden from other feeds.
-        spread: consumer threads serving the shard's queue (batches are
-            sized so that each gets a share, see ``TimerStore.feed``).
+        spread: consumers serving the shard's queue (each feed gives each
+            a share of the due timers, see ``TimerStore.feed``).
     """
 
     process_name = "Feeder"
@@ -97,7 +97,7 @@ def main(argv=None):
         shard.huey,
         feeder_options={"store": store, "index": index, "tick_s": settings.scheduler_tick_seconds,
                         "visibility_ms": int(settings.visibility_seconds * 1000),
-                        "spread": settings.workers_per_shard * settings.consumer_threads},
+                        "spread": settings.workers_per_shard},
         workers=settings.consumer_threads,
         worker_type="thread",
         periodic=False,
