@@ -75,20 +75,19 @@ def check_host(host):
     Raises:
         FieldError: on ``url``.
     """
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
     ascii_host = host.rstrip(".")
     if not ascii_host.isascii():
         try:
             ascii_host = ascii_host.encode("idna").decode("ascii")
         except UnicodeError:
             ascii_host = ""
-    if len(ascii_host) > 253 or not all(_LABEL.match(label) for label in ascii_host.split(".")):
+    if len(ascii_host) <= 253 and all(_LABEL.match(label) for label in ascii_host.split(".")):
+        return  # a DNS name (an IPv4 literal is one too)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
         raise FieldError("url", "host must be an IP address or a DNS name of labels of 1-63 letters, "
-                                "digits, underscores and inner hyphens")
+                                "digits, underscores and inner hyphens") from None
 
 
 def parse_create(body, max_delay_seconds):
