@@ -1,5 +1,6 @@
 """Validation of a create-timer request body (``shared/CONTRACT.md`` section 2)."""
 
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -49,6 +50,13 @@ def check_url(url):
     """
     if not isinstance(url, str):
         raise FieldError("url", "must be a string")
+    return _checked_url(url)
+
+
+# Clients send the same few webhook URLs again and again: each is parsed once
+# (the check is a pure function of the text; refusals raise and are not cached).
+@functools.lru_cache(maxsize=4096)
+def _checked_url(url):
     if len(url) > MAX_URL_LENGTH:
         raise FieldError("url", f"must be at most {MAX_URL_LENGTH} characters")
     if _FORBIDDEN_CHARACTER.search(url):
