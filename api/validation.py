@@ -114,8 +114,9 @@ def parse_create(body, max_delay_seconds):
     """
     if not isinstance(body, dict):
         raise falcon.HTTPBadRequest(title="Invalid body", description="the body must be a JSON object")
-    for field in sorted(set(body) - ALLOWED_FIELDS):
-        raise FieldError(field, "unknown field; allowed: hours, minutes, seconds, url")
+    if not body.keys() <= ALLOWED_FIELDS:
+        unknown = min(set(body) - ALLOWED_FIELDS)
+        raise FieldError(unknown, "unknown field; allowed: hours, minutes, seconds, url")
     delay = 0
     for field, unit in DURATION_FIELDS.items():
         value = body.get(field, 0)

@@ -135,10 +135,10 @@ SCALES = {
                   lateness_rate=100, lateness_duration_s=2.0, lateness_runs=1, memory_timers=5_000,
                   memory_runs=1, recovery_timers=2_000, recovery_runs=1, enforce_targets=False,
                   budget_s=45),
-    "quick": Scale("quick", create_duration_s=1.5, create_pairs=3, fire_timers=5_000, fire_pairs=1,
+    "quick": Scale("quick", create_duration_s=2.0, create_pairs=5, fire_timers=5_000, fire_pairs=1,
                    lateness_rate=500, lateness_duration_s=10.0, lateness_runs=1, memory_timers=100_000,
                    memory_runs=1, recovery_timers=30_000, recovery_runs=2, enforce_targets=True,
-                   budget_s=80),
+                   budget_s=85),
     "full": Scale("full", create_duration_s=5.0, create_pairs=5, fire_timers=20_000, fire_pairs=3,
                   lateness_rate=500, lateness_duration_s=60.0, lateness_runs=2, memory_timers=1_000_000,
                   memory_runs=1, recovery_timers=200_000, recovery_runs=3, enforce_targets=True,
@@ -153,8 +153,8 @@ class Budget:
     """
 
     # Share of the budget spent when each benchmark should be done (they run in this order).
-    SHARES = {"create_ratio": 0.22, "fire_ratio": 0.55, "lateness": 0.70, "bytes_per_timer": 0.82,
-              "recovery_s_per_million": 0.93}
+    SHARES = {"create_ratio": 0.30, "fire_ratio": 0.58, "lateness": 0.72, "bytes_per_timer": 0.84,
+              "recovery_s_per_million": 0.94}
 
     def __init__(self, total_s=math.inf):
         self.start(total_s)
