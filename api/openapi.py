@@ -32,10 +32,10 @@ _UNAVAILABLE = {**_error("Redis did not answer.", "Timer store unavailable",
 _REQUEST_ID = {"X-Request-ID": {"description": "The request id (the client's, or a new one).",
                                 "schema": {"type": "string"}}}
 _TIMER_ID = {"name": "id", "in": "path", "required": True,
-             "schema": {"type": "integer", "minimum": 1}, "example": 1002}
+             "schema": {"type": "integer", "minimum": 1}, "example": 287533320123002}
 _AUTH = [{}, {"bearer": []}]
 
-TIMER_EXAMPLE = {"id": 43002, "time_left": 345, "status": "scheduled",
+TIMER_EXAMPLE = {"id": 287533320123002, "time_left": 345, "status": "scheduled",
                  "fire_at": "2026-11-29T17:30:00.000Z", "url": "https://example.com/hook",
                  "attempts": 0, "last_error": None}
 
@@ -79,7 +79,7 @@ def document():
                     "responses": {
                         "201": {"description": "Created (or replayed under an Idempotency-Key).",
                                 "headers": {"Location": {"schema": {"type": "string"},
-                                                         "example": "/timers/43002"},
+                                                         "example": "/timers/287533320123002"},
                                             **_REQUEST_ID},
                                 "content": _json(timer_ref, TIMER_EXAMPLE)},
                         "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
@@ -130,7 +130,7 @@ def document():
                         "204": {"description": "Cancelled (or already cancelled); it never fires."},
                         "401": _UNAUTHORIZED, "404": _NOT_FOUND,
                         "409": _error("Already firing, fired or failed.", "Timer cannot be cancelled",
-                                      "timer 43002 is already fired"),
+                                      "timer 287533320123002 is already fired"),
                         "503": _UNAVAILABLE},
                 },
             },
