@@ -35,8 +35,8 @@ def storage_name(index):
     return f"{{t{index}}}"
 
 
-# A batch is sent in order by one consumer thread: kept short so that a slow
-# receiver delays few others, long enough to cut a backlog's round trips by ~16.
+# Kept short so that a crashed consumer's batch leaves few timers waiting for
+# their leases, long enough to cut a backlog's round trips by ~16.
 MAX_TIMERS_PER_MESSAGE = 16
 
 

@@ -98,10 +98,10 @@ end
 
 # ARGV: lease ms, early tolerance ms, then the ids (records: KEYS[7..]).
 # One entry per id: {status} when not claimable, {'early', due} when not yet
-# due, {'firing', attempts, url, fire, now, request id} when claimed. The
-# batch is sent in order, so the k-th timer claimed gets k leases of time.
+# due, {'firing', attempts, url, fire, now, request id} when claimed.
 _CLAIM = _NOW_MS + """
-local out, claimed = {}, 0
+local out = {}
+local lease = now + tonumber(ARGV[1])
 for i = 3, #ARGV do
   local id, record = ARGV[i], KEYS[i + 4]
   local r = redis.call('HMGET', record, 's', 'd', 'f', 'u', 'r')
@@ -114,9 +114,7 @@ for i = 3, #ARGV do
       redis.call('ZADD', KEYS[1], 'XX', due, id)
       out[#out + 1] = {'early', due}
     else
-      claimed = claimed + 1
       local attempts = redis.call('HINCRBY', record, 'a', 1)
-      local lease = now + tonumber(ARGV[1]) * claimed
       redis.call('HSET', record, 's', 'firing', 'l', lease)
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', KEYS[3], id)
@@ -159,6 +157,23 @@ for i = 2, #ARGV, 5 do
   end
 end
 return out
+"""
+
+# ARGV: lease ms, then per timer (records: KEYS[7..]): id, attempt. Extends
+# the lease of each timer still firing with that attempt number to now +
+# lease ms. Returns how many were extended.
+_RENEW = _NOW_MS + """
+local lease, renewed = now + tonumber(ARGV[1]), 0
+for i = 2, #ARGV, 2 do
+  local record = KEYS[6 + (i / 2)]
+  local r = redis.call('HMGET', record, 's', 'a')
+  if r[1] == 'firing' and r[2] == ARGV[i + 1] then
+    redis.call('HSET', record, 'l', lease)
+    redis.call('ZADD', KEYS[2], lease, ARGV[i])
+    renewed = renewed + 1
+  end
+end
+return renewed
 """
 
 # ARGV: id, max attempts, retention ms (record: KEYS[7]).
@@ -273,6 +288,7 @@ class Shard:
         self.feed = self.redis.register_script(_FEED)
         self.claim = self.redis.register_script(_CLAIM)
         self.finish = self.redis.register_script(_FINISH)
+        self.renew = self.redis.register_script(_RENEW)
         self.expire_lease = self.redis.register_script(_EXPIRE_LEASE)
         self.cancel = self.redis.register_script(_CANCEL)
 
@@ -430,8 +446,7 @@ class TimerStore:
         removes them; a lost message makes them due again. They go out in due
         order, split evenly into ``spread`` messages (the consumers serving the
         queue), or more so that none holds over
-        ``queues.MAX_TIMERS_PER_MESSAGE`` timers. One consumer thread sends a
-        message's timers in order, and a batch costs three Redis round trips
+        ``queues.MAX_TIMERS_PER_MESSAGE`` timers. A batch costs three Redis round trips
         instead of three per timer: on 2 cores this is what lets the service
         fire 500 timers/s while it creates as many (docs/BENCHMARKS.md).
         Returns:
@@ -455,8 +470,9 @@ class TimerStore:
     def claim(self, timer_ids, lease_ms, early_ms=50):
         """Claim due timers of one shard for one delivery attempt each (scheduled/retrying → firing).
 
-        One atomic script for the whole batch. The batch is meant to be sent
-        in order: the k-th timer claimed holds its lease for ``k * lease_ms``.
+        One atomic script for the whole batch. Each claimed timer holds a
+        lease of ``lease_ms``; a batch whose sends wait behind slow receivers
+        keeps its leases with :meth:`renew`.
 
         Args:
             timer_ids: non-empty list of ids with the same home shard.
@@ -501,6 +517,25 @@ class TimerStore:
             args += [o.timer_id, o.attempt, o.status, o.last_error, int(o.retry_delay_ms)]
         return [(bool(applied), int(next_ms))
                 for applied, next_ms in shard.finish(keys=shard.timer_keys(ids), args=args)]
+
+    def renew(self, claims, lease_ms):
+        """Extend the leases of claimed timers of one shard that are still being delivered.
+
+        Args:
+            claims: non-empty list of :class:`Claim` (status ``firing``) of one shard.
+            lease_ms: the new lease, from now (Redis clock), in milliseconds.
+        Returns:
+            how many leases were extended: a timer whose attempt is no longer
+            the claim's (recovery took it back) keeps what it has.
+        Raises:
+            ValueError: the timers are not all on one shard.
+        """
+        ids = [claim.timer_id for claim in claims]
+        shard = self._one_shard(ids)
+        args = [lease_ms]
+        for claim in claims:
+            args += [claim.timer_id, claim.attempt]
+        return int(shard.renew(keys=shard.timer_keys(ids), args=args))
 
     def expire_lease(self, timer_id, max_attempts):
         """Take back a ``firing`` timer whose lease ran out.

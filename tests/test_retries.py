@@ -1,5 +1,8 @@
 """Retries end to end: real receiver answers drive the timer's status and attempts."""
 
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.harness import wait_until
 
 
@@ -57,6 +60,15 @@ def test_connection_refused_retries_until_max_attempts(make_service, receiver):
     response = service.create("http://127.0.0.1:9/hook", seconds=0)
     timer = _final(service, response.json()["id"])
     assert (timer["status"], timer["attempts"], timer["last_error"]) == ("failed", 2, "connection refused")
+    # The first attempt is followed by a retry; the last one, though retryable, by nothing: "fail".
+    assert _attempts_by_outcome(service) == {"retry": 1, "fail": 1}
+
+
+def _attempts_by_outcome(service):
+    text = requests.get(f"{service.url}/metrics", timeout=5).text
+    return {sample.labels["outcome"]: sample.value
+            for family in text_string_to_metric_families(text) if family.name == "timer_webhook_attempts"
+            for sample in family.samples if sample.name == "timer_webhook_attempts_total" and sample.value}
 
 
 def test_timeout_is_retried(make_service, receiver):

@@ -63,7 +63,7 @@ def test_feed_spreads_a_trickle_one_per_message_and_batches_a_backlog(store, red
         backlog[:16], backlog[16:32], backlog[32:]]
 
 
-def test_claim_a_batch_staggers_leases_and_reports_each_timer(store, redis_client):
+def test_claim_a_batch_leases_each_timer_and_reports_each_timer(store, redis_client):
     due = _due_now(store, 1, 3)
     later, _, _ = store.create("https://x.test/h", 60_000, 1)
     cancelled = _due_now(store, 1, 1)[0]
@@ -75,8 +75,8 @@ def test_claim_a_batch_staggers_leases_and_reports_each_timer(store, redis_clien
     assert [c.attempt for c in claims if c.status == "firing"] == [1, 1, 1]
     now = claims[0].now_ms
     leases = dict(redis_client.zrange(store.shard(1).leases_key, 0, -1, withscores=True))
-    assert leases == {b"%d" % due[0]: now + 10_000, b"%d" % due[1]: now + 20_000,
-                      b"%d" % due[2]: now + 30_000}
+    assert leases == {b"%d" % due[0]: now + 10_000, b"%d" % due[1]: now + 10_000,
+                      b"%d" % due[2]: now + 10_000}
     assert store.get(later)[0]["status"] == "scheduled"
     with pytest.raises(ValueError):
         store.claim([due[0], _due_now(store, 2, 1)[0]], lease_ms=10_000)
@@ -99,3 +99,19 @@ def test_finish_a_batch_records_each_outcome_and_fences_stale_attempts(store, re
     assert redis_client.zrange(shard.leases_key, 0, -1) == [b"%d" % ids[3]]
     assert redis_client.zrange(shard.done_keys["fired"], 0, -1) == [b"%d" % ids[0]]
     assert redis_client.zrange(shard.done_keys["failed"], 0, -1) == [b"%d" % ids[2]]
+
+
+def test_renew_extends_leases_of_attempts_still_owned_only(store, redis_client):
+    ids = _due_now(store, 2, 3)
+    claims = store.claim(ids, lease_ms=1_000)
+    [(applied, _)] = store.finish([Finish(ids[2], 1, "fired")])
+    assert applied
+    # Recovery took ids[1] back and a new attempt claimed it: the old claim must not extend it.
+    redis_client.hset(store.shard(2).record_key(ids[1]), "a", 2)
+    assert store.renew(claims, lease_ms=60_000) == 1
+    leases = dict(redis_client.zrange(store.shard(2).leases_key, 0, -1, withscores=True))
+    now = claims[0].now_ms
+    assert leases[b"%d" % ids[0]] >= now + 60_000
+    assert leases[b"%d" % ids[1]] == now + 1_000
+    assert b"%d" % ids[2] not in leases
+    assert int(redis_client.hget(store.shard(2).record_key(ids[0]), "l")) == leases[b"%d" % ids[0]]

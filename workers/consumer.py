@@ -3,8 +3,9 @@
 Run: ``python -m workers.consumer <shard index>``. The pool supervisor
 (``workers.pool``) starts ``TIMER_WORKERS_PER_SHARD`` of these per shard.
 
-Each consumer runs ``TIMER_CONSUMER_THREADS`` Huey worker threads (webhooks
-are I/O-bound) and, in place of Huey's scheduler, a feeder that every
+Each consumer runs ``TIMER_CONSUMER_THREADS`` Huey worker threads and as
+many webhook sender threads (``workers.tasks``; webhooks are I/O-bound)
+and, in place of Huey's scheduler, a feeder that every
 ``TIMER_SCHEDULER_TICK_SECONDS`` (default 0.1 s; Huey's scheduler ticks once a
 second at most) moves the shard's due timers from the timer store's due index
 onto its Huey queue. Several feeders on one shard are safe: taking due timers

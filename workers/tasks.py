@@ -7,11 +7,15 @@ arrives for a timer already fired, failed or cancelled does nothing.
 
 A message holds one timer or, when many are due at once, a batch of one
 shard's timers (``sharding.queues``): they are claimed in one script, sent
-in order by this thread, and their outcomes recorded in one script, or
-every :data:`FLUSH_S` seconds when the batch is slow, so that a delivered
-timer soon reads ``fired``.
+in parallel by the consumer's sender threads (so a slow receiver holds up
+only its own webhook), and their outcomes recorded as the sends complete, in
+one script every :data:`FLUSH_S` seconds at most, so that a delivered timer
+soon reads ``fired``. Each claimed timer holds a lease of one attempt
+(webhook timeout + 5 s), renewed every third of it while its send waits or
+runs: if the consumer dies, recovery takes its timers back within a lease.
 """
 
+import concurrent.futures
 import logging
 import time
 from typing import NamedTuple
@@ -23,6 +27,9 @@ from workers.delivery import Outcome, backoff_s
 log = logging.getLogger("workers.tasks")
 
 FLUSH_S = 0.5
+# timer_webhook_attempts_total{outcome}: by what follows the attempt, so that
+# a last attempt that failed counts as "fail" even if its error was retryable.
+_ATTEMPT_LABEL = {"fired": "ok", "retrying": "retry", "failed": "fail"}
 
 
 class Sent(NamedTuple):
@@ -34,7 +41,7 @@ class Sent(NamedTuple):
     late_s: float
 
 
-def fire_timers(timer_ids, store, sender, settings):
+def fire_timers(timer_ids, store, sender, settings, senders):
     """Run one delivery attempt of each of ``timer_ids`` that is due and unclaimed.
 
     A retry goes back into the due index (by :meth:`TimerStore.finish`); a
@@ -46,6 +53,7 @@ def fire_timers(timer_ids, store, sender, settings):
         store: ``sharding.store.TimerStore``.
         sender: ``workers.delivery.Sender``.
         settings: ``sharding.config.Settings``.
+        senders: ``concurrent.futures.Executor`` whose threads send the webhooks.
     Returns:
         list with, per timer, the status it was left in (``fired``,
         ``retrying``, ``failed``) or the reason nothing was sent (``early``,
@@ -55,27 +63,40 @@ def fire_timers(timer_ids, store, sender, settings):
     """
     claims = store.claim(timer_ids, settings.lease_ms)
     claimed_at = time.monotonic()
-    statuses, pending = {}, []
-    flushed_at = claimed_at
+    statuses, sends = {}, {}
+    for claim in claims:
+        if claim.status == "firing":
+            sends[senders.submit(_attempt, claim, claimed_at, sender, settings)] = claim
+        else:
+            log.info("timer not claimable", extra={"timer_id": claim.timer_id, "status": claim.status})
+            statuses[claim.timer_id] = claim.status
+    pending, flushed_at, renewed_at = [], claimed_at, claimed_at
+    renew_s = settings.lease_ms / 1000 / 3
     try:
-        for claim in claims:
-            if claim.status != "firing":
-                log.info("timer not claimable", extra={"timer_id": claim.timer_id, "status": claim.status})
-                statuses[claim.timer_id] = claim.status
-                continue
-            late_s = (claim.now_ms - claim.fire_at_ms) / 1000 + time.monotonic() - claimed_at
-            pending.append(_attempt(claim, late_s, sender, settings))
-            if time.monotonic() - flushed_at >= FLUSH_S:
+        while sends:
+            done, _ = concurrent.futures.wait(sends, timeout=FLUSH_S,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                del sends[future]
+                pending.append(future.result())
+            now = time.monotonic()
+            if pending and now - flushed_at >= FLUSH_S:
                 _record(store, pending, statuses)
-                pending, flushed_at = [], time.monotonic()
+                pending, flushed_at = [], now
+            if sends and now - renewed_at >= renew_s:
+                # Sends waiting behind slow receivers keep their leases; a
+                # killed consumer stops renewing and recovery takes them back.
+                store.renew(list(sends.values()), settings.lease_ms)
+                renewed_at = now
     finally:
         if pending:
             _record(store, pending, statuses)
     return [statuses[timer_id] for timer_id in timer_ids]
 
 
-def _attempt(claim, late_s, sender, settings):
-    """Send one attempt of ``claim`` (``late_s`` seconds after its fire time); returns :class:`Sent`."""
+def _attempt(claim, claimed_at, sender, settings):
+    """Send one attempt of ``claim`` (claimed at monotonic ``claimed_at``); returns :class:`Sent`."""
+    late_s = (claim.now_ms - claim.fire_at_ms) / 1000 + time.monotonic() - claimed_at
     if claim.attempt == 1:
         metrics.FIRE_LATENESS.observe(max(late_s, 0.0))
     token = logs.request_id.set(claim.request_id or None)
@@ -86,7 +107,6 @@ def _attempt(claim, late_s, sender, settings):
         outcome = Outcome("retry", f"internal error: {type(exc).__name__}")
     finally:
         logs.request_id.reset(token)
-    metrics.WEBHOOK_ATTEMPTS.labels(outcome.kind).inc()
     if outcome.kind == "ok":
         status, delay_s = "fired", 0.0
     elif outcome.kind == "retry" and claim.attempt < settings.webhook_max_attempts:
@@ -96,6 +116,7 @@ def _attempt(claim, late_s, sender, settings):
             delay_s = backoff_s(claim.attempt)
     else:
         status, delay_s = "failed", 0.0
+    metrics.WEBHOOK_ATTEMPTS.labels(_ATTEMPT_LABEL[status]).inc()
     return Sent(Finish(claim.timer_id, claim.attempt, status, outcome.error, delay_s * 1000),
                 outcome, claim, late_s)
 
@@ -121,10 +142,15 @@ def _record(store, pending, statuses):
 
 
 def register(huey, store, sender, settings):
-    """Register the ``fire`` task on ``huey`` (one shard's Huey) and bind its messages to it."""
+    """Register the ``fire`` task on ``huey`` (one shard's Huey) and bind its messages to it.
+
+    The consumer's webhooks are sent by ``TIMER_CONSUMER_THREADS`` sender
+    threads, shared by its Huey worker threads.
+    """
+    senders = concurrent.futures.ThreadPoolExecutor(settings.consumer_threads, thread_name_prefix="sender")
 
     def fire(timer_ids):
-        return fire_timers(timer_ids, store, sender, settings)
+        return fire_timers(timer_ids, store, sender, settings, senders)
 
     task = huey.task(name="fire")(fire)
     huey.serializer.bind(task)
