@@ -1,7 +1,8 @@
 """A small webhook receiver: logs every delivery as one JSON line and answers 200.
 
 Run: ``.venv/bin/python -m bench.receiver --port 9000`` (add ``--status 503`` to
-watch retries). Used by the README walkthrough and by the benchmarks.
+watch retries, ``--delay 2`` to answer two seconds late). Used by the README
+walkthrough.
 """
 
 import argparse
@@ -14,8 +15,8 @@ from sharding import logs
 log = logging.getLogger("receiver")
 
 
-def make_handler(status):
-    """A request handler class answering every POST with ``status``."""
+def make_handler(status, delay_s=0.0):
+    """A request handler class answering every POST with ``status``, ``delay_s`` seconds after it arrives."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -28,6 +29,7 @@ def make_handler(status):
                 "path": self.path, "webhook_id": self.headers.get("webhook-id"),
                 "webhook_timestamp": timestamp, "user_agent": self.headers.get("User-Agent"),
                 "received_at": round(time.time(), 3)})
+            time.sleep(delay_s)
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -39,14 +41,15 @@ def make_handler(status):
 
 
 def main(argv=None):
-    """Entry point: ``python -m bench.receiver [--host H] [--port P] [--status S]``."""
+    """Entry point: ``python -m bench.receiver [--host H] [--port P] [--status S] [--delay SECONDS]``."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--status", type=int, default=200, help="HTTP status to answer with")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
     args = parser.parse_args(argv)
     logs.setup("receiver")
-    server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(args.status))
+    server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(args.status, args.delay))
     server.daemon_threads = True
     log.info("receiver listening", extra={"url": f"http://{args.host}:{args.port}"})
     try:

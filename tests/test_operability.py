@@ -494,3 +494,13 @@ def test_access_log_lines_only_with_timer_access_log(make_service, env, lines):
     logged = [entry for entry in json_lines(service.logs("api"))
               if "probe=access-log" in str(entry.get("message", ""))]
     assert len(logged) == lines
+
+
+def test_consumers_log_the_feeder_tick_not_hueys_scheduler_interval(make_service):
+    service = make_service(env={"TIMER_SHARDS": "1", "TIMER_WORKERS_PER_SHARD": "1"}).start()
+    started = wait_until(lambda: [e for e in json_lines(service.logs("workers"))
+                                  if e.get("message") == "feeder started"], timeout=15,
+                         message="the feeder's start-up line")
+    assert [(e["shard"], e["tick_s"]) for e in started] == [(0, 0.1)]
+    assert "Huey consumer started" in service.logs("workers")
+    assert "Scheduler runs every" not in service.logs("workers")

@@ -88,6 +88,9 @@ def main(argv=None):
     # Huey logs every task at INFO; our "delivery attempt" line says more.
     logging.getLogger("huey").setLevel(logging.WARNING)
     logging.getLogger("huey.consumer").setLevel(logging.INFO)
+    # Huey's start-up line about its own scheduler does not apply: the feeder logs its tick.
+    logging.getLogger("huey.consumer").addFilter(
+        lambda record: not str(record.msg).startswith("Scheduler runs every"))
     settings = config.load()
     store = settings.store()
     shard = store.shard(index)
