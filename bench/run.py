@@ -138,7 +138,7 @@ SCALES = {
     "quick": Scale("quick", create_duration_s=2.0, create_pairs=5, fire_timers=5_000, fire_pairs=1,
                    lateness_rate=500, lateness_duration_s=10.0, lateness_runs=1, memory_timers=100_000,
                    memory_runs=1, recovery_timers=30_000, recovery_runs=2, enforce_targets=True,
-                   budget_s=85),
+                   budget_s=88),
     "full": Scale("full", create_duration_s=5.0, create_pairs=5, fire_timers=20_000, fire_pairs=3,
                   lateness_rate=500, lateness_duration_s=60.0, lateness_runs=2, memory_timers=1_000_000,
                   memory_runs=1, recovery_timers=200_000, recovery_runs=3, enforce_targets=True,
@@ -153,8 +153,8 @@ class Budget:
     """
 
     # Share of the budget spent when each benchmark should be done (they run in this order).
-    SHARES = {"create_ratio": 0.30, "fire_ratio": 0.58, "lateness": 0.72, "bytes_per_timer": 0.84,
-              "recovery_s_per_million": 0.94}
+    SHARES = {"create_ratio": 0.35, "fire_ratio": 0.60, "lateness": 0.74, "bytes_per_timer": 0.85,
+              "recovery_s_per_million": 0.95}
 
     def __init__(self, total_s=math.inf):
         self.start(total_s)

@@ -88,7 +88,9 @@ def main():
             log.warning("recovery pass failed", extra={"error": str(exc)})
         else:
             if counts is not None:
-                level = logging.INFO if full or counts["lost"] or counts["retired_fed"] else logging.DEBUG
+                # A pass that took something back is news (a consumer died, a message was lost).
+                taken_back = counts["leases_retrying"] + counts["leases_failed"] + counts["lost"]
+                level = logging.INFO if full or taken_back or counts["retired_fed"] else logging.DEBUG
                 log.log(level, "recovery pass", extra={
                     "full": full, "seconds": round(time.monotonic() - started, 3), **counts})
                 full = False

@@ -232,3 +232,19 @@ def test_kill_9_of_a_consumer_is_survived(make_service, receiver):
     assert deliveries(receiver, "/after-kill/") == collections.Counter({f"/after-kill/{i}": 1 for i in ids})
     assert pool_process.poll() is None
     assert service.get(ids[0])["attempts"] == 1
+
+
+def test_a_killed_consumers_delivery_is_taken_back_and_logged_at_info(make_service, receiver):
+    # Lease = 1 s timeout + 5 s; the receiver holds the request while the consumer is killed.
+    service = make_service(env={"TIMER_SHARDS": "1", "TIMER_WORKERS_PER_SHARD": "1",
+                                "TIMER_WEBHOOK_TIMEOUT_SECONDS": "1"}).start()
+    consumers_ready(service, count=1)
+    receiver.script("/cut", [(200, {}, 3.0)])
+    assert service.create(f"{receiver.url}/cut", seconds=0).status_code == 201
+    wait_until(lambda: deliveries(receiver, "/cut/"), timeout=10, message="the first attempt to arrive")
+    consumer, = psutil.Process(service.processes["workers"].pid).children()
+    os.kill(consumer.pid, signal.SIGKILL)
+    taken_back = wait_until(lambda: [p for p in passes(service, full=False) if p["leases_retrying"]],
+                            timeout=20, message="a recovery pass that takes the lease back")
+    assert taken_back[0]["level"] == "INFO"
+    assert taken_back[0]["leases_retrying"] == 1
