@@ -72,7 +72,8 @@ def orphan(redis_client, timer_id):
 
 def test_timer_due_while_everything_was_stopped_fires_once_after_restart(make_service, receiver):
     service = make_service().start()
-    created = service.create(f"{receiver.url}/restart", seconds=3)
+    # Due in 6 s: time for every process to stop first, even on a busy machine.
+    created = service.create(f"{receiver.url}/restart", seconds=6)
     assert created.status_code == 201, created.text
     timer_id = created.json()["id"]
     fire_at = fire_at_epoch(created.json()["fire_at"])
@@ -82,6 +83,7 @@ def test_timer_due_while_everything_was_stopped_fires_once_after_restart(make_se
     service.stop(signum=signal.SIGINT)
     assert {name: p.returncode for name, p in processes.items() if p.returncode == -signal.SIGKILL} == {}, \
         "a process did not stop on SIGINT and had to be killed"
+    assert time.time() < fire_at, f"stopping took until {time.time() - fire_at:.2f}s after the fire time"
     assert receiver.received(path) == []
 
     # The service is down: nothing to poll, so wait out the fire time.
