@@ -131,6 +131,8 @@ def _record(store, pending, statuses):
         # Successes are DEBUG: a JSON line per webhook costs as much CPU as the
         # rest of the bookkeeping (docs/BENCHMARKS.md).
         level = logging.DEBUG if outcome.kind == "ok" and applied else logging.INFO
+        if not log.isEnabledFor(level):
+            continue
         token = logs.request_id.set(claim.request_id or None)
         try:
             log.log(level, "delivery attempt", extra={
