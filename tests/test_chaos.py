@@ -17,11 +17,10 @@ import signal
 import threading
 import time
 
-import psutil
 import requests
 
 from sharding.queues import storage_name
-from tests.harness import wait_until
+from tests.harness import live_children, wait_until
 
 TIMERS = 1000
 
@@ -51,7 +50,7 @@ def _create_all(service, receiver):
 
 
 def _consumers(service):
-    return psutil.Process(service.processes["workers"].pid).children()
+    return live_children(service.processes["workers"].pid)
 
 
 def test_chaos_every_acknowledged_timer_fires(make_service, receiver, redis_server, figures):

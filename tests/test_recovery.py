@@ -10,11 +10,10 @@ import os
 import signal
 import time
 
-import psutil
 import requests
 
 from sharding.queues import storage_name, timers_of
-from tests.harness import json_lines, wait_until
+from tests.harness import is_gone, json_lines, live_children, wait_until
 from tests.test_delivery import consumers_ready, fire_at_epoch, settled, wait_status
 
 
@@ -205,17 +204,16 @@ def test_kill_9_of_a_consumer_is_survived(make_service, receiver):
     service = make_service().start()
     consumers_ready(service)
     pool_process = service.processes["workers"]
-    pool = psutil.Process(pool_process.pid)
-    consumers = pool.children()
+    consumers = live_children(pool_process.pid)
     assert len(consumers) == 8, consumers
     victim = consumers[0]
     victim_shard = consumer_shards(service)[victim.pid]
 
     os.kill(victim.pid, signal.SIGKILL)
-    wait_until(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, timeout=5,
-               message="the consumer to die")
+    wait_until(lambda: is_gone(victim), timeout=5, message="the consumer to die")
+
     def restarted():
-        kids = [k for k in pool.children() if k.status() != psutil.STATUS_ZOMBIE]
+        kids = live_children(pool_process.pid)
         return len(kids) == 8 and victim.pid not in {k.pid for k in kids} and kids
 
     replaced = wait_until(restarted, timeout=10, message="the pool to restart the consumer")
@@ -244,7 +242,7 @@ def test_a_killed_consumers_delivery_is_taken_back_and_logged_at_info(make_servi
     receiver.script("/cut", [(200, {}, 3.0)])
     assert service.create(f"{receiver.url}/cut", seconds=0).status_code == 201
     wait_until(lambda: deliveries(receiver, "/cut/"), timeout=10, message="the first attempt to arrive")
-    consumer, = psutil.Process(service.processes["workers"].pid).children()
+    consumer, = live_children(service.processes["workers"].pid)
     os.kill(consumer.pid, signal.SIGKILL)
     taken_back = wait_until(lambda: [p for p in passes(service, full=False) if p["leases_retrying"]],
                             timeout=20, message="a recovery pass that takes the lease back")
