@@ -135,7 +135,7 @@ SCALES = {
                   lateness_rate=100, lateness_duration_s=2.0, lateness_runs=1, memory_timers=5_000,
                   memory_runs=1, recovery_timers=2_000, recovery_runs=1, enforce_targets=False,
                   budget_s=45),
-    "quick": Scale("quick", create_duration_s=2.0, create_pairs=5, fire_timers=5_000, fire_pairs=1,
+    "quick": Scale("quick", create_duration_s=2.0, create_pairs=5, fire_timers=3_000, fire_pairs=3,
                    lateness_rate=500, lateness_duration_s=10.0, lateness_runs=1, memory_timers=100_000,
                    memory_runs=1, recovery_timers=30_000, recovery_runs=2, enforce_targets=True,
                    budget_s=88),
