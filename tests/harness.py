@@ -5,6 +5,7 @@ the API is gunicorn, consumers are the real pool, and webhooks arrive at a
 real HTTP server on 127.0.0.1.
 """
 
+import datetime
 import http.server
 import json
 import os
@@ -272,11 +273,22 @@ class Service:
 
 
 def json_lines(text):
-    """Parse every line of ``text`` that is a JSON object."""
+    """Parse every line of ``text`` that is a JSON object, after any prefix (honcho's
+    ``12:00:00 workers.1 | ``); other lines are skipped."""
     out = []
     for line in text.splitlines():
         try:
-            out.append(json.loads(line))
+            out.append(json.loads(line[line.find("{"):]))
         except ValueError:
             continue
     return out
+
+
+def first_feeder_start(text, shard, since):
+    """When the first feeder of ``shard`` started at or after ``since`` (epoch seconds), by the
+    ``ts`` of its "feeder started" log line in ``text`` (local time, milliseconds); None if none."""
+    started = [datetime.datetime.strptime(line["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+               for line in json_lines(text)
+               if line.get("message") == "feeder started" and line.get("shard") == shard]
+    # The log's time is cut to the millisecond.
+    return min((t for t in started if t >= since - 0.001), default=None)
