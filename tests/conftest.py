@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.harness import Receiver, RedisServer, Service
+from tests.harness import Receiver, RedisServer, Service, consumers_ready
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +54,10 @@ def make_service(redis_client, redis_server, receiver, tmp_path):
 
 @pytest.fixture
 def service(make_service):
-    """The whole service (API, consumer pool, coordinator) started with defaults."""
-    return make_service().start()
+    """The whole service (API, consumer pool, coordinator) started with defaults, every consumer up."""
+    started = make_service().start()
+    consumers_ready(started)
+    return started
 
 
 _FIGURES = []

@@ -272,6 +272,17 @@ class Service:
             return f.read()
 
 
+def consumers_ready(service, count=8):
+    """Wait until ``count`` consumers of the pool have logged that they started.
+
+    ``Service.start`` waits for the API only; consumers boot a few seconds
+    later, and a timer due before then is late through no fault of the
+    scheduling path under test.
+    """
+    wait_until(lambda: service.logs("workers").count("Huey consumer started") >= count,
+               timeout=30, message=f"{count} consumers to start")
+
+
 def json_lines(text):
     """Parse every line of ``text`` that is a JSON object, after any prefix (honcho's
     ``12:00:00 workers.1 | ``); other lines are skipped."""

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import Service, wait_until
+from tests.harness import Service, consumers_ready, wait_until
 
 
 def fire_at_epoch(text):
@@ -31,17 +31,6 @@ def settled(service):
     """
     shards = requests.get(f"{service.url}/shards", timeout=5).json()["shards"]
     return all(s["queued"] == 0 and s.get("in_flight", 0) == 0 for s in shards)
-
-
-def consumers_ready(service, count=8):
-    """Wait until ``count`` consumers of the pool have logged that they started.
-
-    The ``service`` fixture waits for the API only; consumers boot a few
-    seconds later, and a timer due before then is late through no fault of
-    the scheduling path under test.
-    """
-    wait_until(lambda: service.logs("workers").count("Huey consumer started") >= count,
-               timeout=30, message=f"{count} consumers to start")
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import time
 import requests
 
 from sharding.queues import storage_name, timers_of
-from tests.harness import first_feeder_start, is_gone, json_lines, live_children, wait_until
-from tests.test_delivery import consumers_ready, fire_at_epoch, settled, wait_status
+from tests.harness import consumers_ready, first_feeder_start, is_gone, json_lines, live_children, wait_until
+from tests.test_delivery import fire_at_epoch, settled, wait_status
 
 
 def create_many(service, url, delays):
