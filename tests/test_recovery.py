@@ -158,13 +158,15 @@ def test_timers_of_removed_shards_fire_once_after_shrinking(make_service, receiv
 
 
 def test_running_the_coordinator_twice_never_duplicates(make_service, receiver, redis_client):
-    service = make_service().start("api", "workers")
-    consumers_ready(service)
+    # No feeder runs until the orphans are made: a slow create cannot let them be fed first.
+    service = make_service().start("api")
     ids = create_many(service, f"{receiver.url}/twice", [1, 2, 3, 4, 5, 6] * 4)
     orphans = create_many(service, f"{receiver.url}/twice", [3, 5, 6] * 2)
     for timer_id in orphans:
         orphan(redis_client, timer_id)
     ids += orphans
+    service.start("workers")
+    consumers_ready(service)
 
     service.start("coordinator")
     wait_until(lambda: full_passes(service) == 1, timeout=15, message="the first full recovery pass")
@@ -182,11 +184,12 @@ def test_running_the_coordinator_twice_never_duplicates(make_service, receiver, 
 
 
 def test_two_coordinators_at_once_never_duplicate(make_service, receiver, redis_client):
-    service = make_service().start("api", "workers")
-    consumers_ready(service)
+    service = make_service().start("api")
     orphans = create_many(service, f"{receiver.url}/pair", [2] * 20)
     for timer_id in orphans:
         orphan(redis_client, timer_id)
+    service.start("workers")
+    consumers_ready(service)
     other_host = make_service()
     service.start("coordinator")
     other_host.start("coordinator")
@@ -222,7 +225,9 @@ def test_kill_9_of_a_consumer_is_survived(make_service, receiver):
 
     replaced = wait_until(restarted, timeout=10, message="the pool to restart the consumer")
     assert pool_process.poll() is None, "the pool exited"
-    shards = consumer_shards(service)
+    # The pool logs a consumer's start just after forking it.
+    shards = wait_until(lambda: (s := consumer_shards(service)).keys() >= {k.pid for k in replaced} and s,
+                        timeout=5, message="the new consumer's start in the log")
     assert sorted(shards[k.pid] for k in replaced) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert requests.get(f"{service.url}/shards", timeout=5).status_code == 200
     consumers_ready(service, count=9)
@@ -239,16 +244,17 @@ def test_kill_9_of_a_consumer_is_survived(make_service, receiver):
 
 
 def test_a_killed_consumers_delivery_is_taken_back_and_logged_at_info(make_service, receiver):
-    # Lease = 1 s timeout + 5 s; the receiver holds the request while the consumer is killed.
+    # Lease = 3 s timeout + 5 s; the receiver holds the request past the timeout, so the
+    # consumer is killed mid-attempt even when the kill comes seconds after the arrival.
     service = make_service(env={"TIMER_SHARDS": "1", "TIMER_WORKERS_PER_SHARD": "1",
-                                "TIMER_WEBHOOK_TIMEOUT_SECONDS": "1"}).start()
+                                "TIMER_WEBHOOK_TIMEOUT_SECONDS": "3"}).start()
     consumers_ready(service, count=1)
-    receiver.script("/cut", [(200, {}, 3.0)])
+    receiver.script("/cut", [(200, {}, 10.0)])
     assert service.create(f"{receiver.url}/cut", seconds=0).status_code == 201
     wait_until(lambda: deliveries(receiver, "/cut/"), timeout=10, message="the first attempt to arrive")
     consumer, = live_children(service.processes["workers"].pid)
     os.kill(consumer.pid, signal.SIGKILL)
     taken_back = wait_until(lambda: [p for p in passes(service, full=False) if p["leases_retrying"]],
-                            timeout=20, message="a recovery pass that takes the lease back")
+                            timeout=30, message="a recovery pass that takes the lease back")
     assert taken_back[0]["level"] == "INFO"
     assert taken_back[0]["leases_retrying"] == 1
