@@ -134,14 +134,15 @@ def test_three_hundred_timers_due_in_the_same_second_each_fire_once(live, receiv
     # second starting at epoch ``due``: creating 300 takes longer than a second.
     count, threads = 300, 6
     due = math.ceil(time.time()) + 5
-    ids, fire_times, fire_of = [], [], {}
+    ids, fire_times, fire_of, windows = [], [], {}, []
     lock = threading.Lock()
     errors = []
 
     def create(n):
         with requests.Session() as session:
             for _ in range(n):
-                seconds = math.ceil(due - time.time())
+                sent = time.time()
+                seconds = math.ceil(due - sent)
                 response = session.post(f"{live.url}/timers",
                                         json={"url": f"{receiver.url}/burst", "seconds": seconds}, timeout=10)
                 if response.status_code != 201:
@@ -151,6 +152,7 @@ def test_three_hundred_timers_due_in_the_same_second_each_fire_once(live, receiv
                     ids.append(response.json()["id"])
                     fire_times.append(fire_at_epoch(response.json()["fire_at"]))
                     fire_of[f"/burst/{ids[-1]}"] = fire_times[-1]
+                    windows.append((sent + seconds, fire_times[-1], time.time() + seconds))
 
     workers = [threading.Thread(target=create, args=(count // threads,)) for _ in range(threads)]
     for worker in workers:
@@ -160,7 +162,8 @@ def test_three_hundred_timers_due_in_the_same_second_each_fire_once(live, receiv
     assert errors == []
     assert time.time() < due, "creating the burst took so long that it was already due"
     assert due <= min(fire_times)
-    assert max(fire_times) < due + 1.25, "the burst is not due within (about) one second"
+    # Each fire time is the server's clock while it stored the timer, plus the delay (ms).
+    assert [w for w in windows if not w[0] - 0.001 <= w[1] <= w[2] + 0.001] == []
     assert len(ids) == count
     assert len(set(ids)) == count
 
