@@ -153,7 +153,7 @@ def test_honcho_run_delivers_stops_on_ctrl_c_and_resumes_from_the_aof(run_dir, h
     later_path = f"/resume/{later['id']}"
     took = first.interrupt(timeout=10)
     assert took <= 10
-    wait_until(lambda: run_processes(run_dir) == [], timeout=3,
+    wait_until(lambda: run_processes(run_dir) == [], timeout=15,
                message=f"no process of the run left: {run_processes(run_dir)}")
     assert os.path.exists(os.path.join(run_dir, "appendonly.aof")) or os.path.isdir(
         os.path.join(run_dir, "appendonlydir")), os.listdir(run_dir)
@@ -183,7 +183,7 @@ def test_honcho_run_delivers_stops_on_ctrl_c_and_resumes_from_the_aof(run_dir, h
     assert len(receiver.received()) == 2
 
     second.interrupt(timeout=10)
-    wait_until(lambda: run_processes(run_dir) == [], timeout=3,
+    wait_until(lambda: run_processes(run_dir) == [], timeout=15,
                message=f"no process of the run left: {run_processes(run_dir)}")
 
 
@@ -213,7 +213,7 @@ def test_honcho_run_with_redis_url_starts_no_redis(run_dir, honchos, receiver, r
     assert len(receiver.received(f"/external/{timer_id}")) == 1
 
     honcho.interrupt(timeout=10)
-    wait_until(lambda: run_processes(run_dir) == [], timeout=3,
+    wait_until(lambda: run_processes(run_dir) == [], timeout=15,
                message=f"no process of the run left: {run_processes(run_dir)}")
     assert redis_server.process.poll() is None, "stopping the service stopped the external Redis"
     assert redis_client.ping()
