@@ -6,13 +6,19 @@ every ``TIMER_RECOVERY_INTERVAL_SECONDS`` that waits
 ``TIMER_RECOVERY_GRACE_SECONDS`` before it treats a queued timer as lost.
 Both take back expired leases and feed retired shards' timers to live ones.
 Several coordinators may run, one per host: a pass runs only under a Redis
-lock (redis-py ``Lock``), so two never work at the same time.
+lock (redis-py ``Lock``), so two never work at the same time. Each coordinator
+locks with one token for all its passes, so a lock that its failed pass left
+behind (a SET that a stalled Redis applied after the client timed out) is its
+own to drop.
 
 Run: ``python -m sharding.coordinator``.
 """
 
 import logging
+import os
+import socket
 import time
+import uuid
 
 import redis
 
@@ -49,17 +55,28 @@ def wait_for_redis(store, stop, timeout_s=None):
     return False
 
 
-def run_pass(store, balancer, settings, full):
+def run_pass(store, balancer, settings, full, token):
     """One recovery pass under the coordinator lock.
 
+    Args:
+        token: this coordinator's lock token (str), the same for all its passes.
     Returns:
         the counts of :func:`sharding.recovery.recover`, or None when another
         coordinator holds the lock.
+    Raises:
+        redis.exceptions.RedisError: Redis failed or timed out during the pass.
     """
     lock = store.control.lock(LOCK_KEY, timeout=600 if full else 60,
                               blocking=full, blocking_timeout=30)
-    if not lock.acquire():
-        return None
+    if not lock.acquire(token=token):
+        # A Redis that stalls may apply a failed pass's SET after the client gave
+        # up on it: a lock left behind by this coordinator is dropped, not waited out.
+        try:
+            lock.do_release(token)
+        except redis.exceptions.LockNotOwnedError:
+            return None
+        if not lock.acquire(token=token, blocking=False):
+            return None
     try:
         grace_ms = None if full else int(settings.recovery_grace_seconds * 1000)
         return recover(store, balancer, settings.shards, settings.webhook_max_attempts,
@@ -79,11 +96,12 @@ def main():
     if not wait_for_redis(store, stop):
         return
     store.register_shards(settings.shards)
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
     full = True
     while not stop.is_set():
         started = time.monotonic()
         try:
-            counts = run_pass(store, balancer, settings, full)
+            counts = run_pass(store, balancer, settings, full, token)
         except redis.exceptions.RedisError as exc:
             log.warning("recovery pass failed", extra={"error": str(exc)})
         else:

@@ -201,6 +201,25 @@ def test_two_coordinators_at_once_never_duplicate(make_service, receiver, redis_
     assert statuses(service, orphans) == collections.Counter({"fired": len(orphans)})
 
 
+def test_a_pass_cut_off_by_a_redis_stall_does_not_hold_up_the_next_ones(make_service, redis_server):
+    # A stalled Redis applies the pass's lock SET after the coordinator gave up on it.
+    service = make_service(env={"TIMER_LOG_LEVEL": "DEBUG"}).start("api", "coordinator")
+    wait_until(lambda: full_passes(service) == 1, timeout=15, message="the full recovery pass")
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "recovery pass failed" in service.logs("coordinator"), timeout=20,
+                   message="a pass to fail on the stalled Redis")
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    failed = len([line for line in json_lines(service.logs("coordinator"))
+                  if line.get("message") == "recovery pass failed"])
+    bounded = len(passes(service, full=False))
+    # Passes run every second (TIMER_RECOVERY_INTERVAL_SECONDS=1); the lock's own expiry is 60 s.
+    wait_until(lambda: len(passes(service, full=False)) > bounded, timeout=15,
+               message="a recovery pass after Redis came back")
+    assert failed >= 1
+
+
 def consumer_shards(service):
     """{consumer pid: shard} from the pool's "consumer started" log lines."""
     return {line["consumer_pid"]: line["shard"] for line in json_lines(service.logs("workers"))
