@@ -131,3 +131,19 @@ def parse_create(body, max_delay_seconds):
         raise FieldError(largest, f"total delay (hours*3600 + minutes*60 + seconds) must be "
                                     f"at most {max_delay_seconds} seconds")
     return delay, url
+
+
+class TimerIdConverter(falcon.routing.BaseConverter):
+    """Path converter for timer ids: a positive integer written in canonical decimal.
+
+    ``"7"`` converts to 7; ``"+7"``, ``"007"``, ``"0"``, ``"-1"``, ``"7.0"`` and non-ASCII
+    digits (which ``int()`` would take) are not ids, so the route does not match and the
+    answer is 404 ("Unknown or malformed id", ``shared/CONTRACT.md`` section 3). See
+    Falcon's "Field Converters" (``falcon.routing.BaseConverter``).
+    """
+
+    _CANONICAL = re.compile(r"[1-9][0-9]*")
+
+    def convert(self, value):
+        """``value`` (str) → int, or None when it is not a canonical positive integer."""
+        return int(value) if self._CANONICAL.fullmatch(value) else None

@@ -258,7 +258,9 @@ def test_unknown_and_malformed_ids_are_404_json(service):
     existing = _assert_created(_post(service, {"url": "https://x.test/hook", "hours": 1}))["id"]
     unknown = [existing + 1000 * 1000, existing + 1, 999_999_999, 10**25]
     for path in [f"/timers/{i}" for i in unknown] + [
-            "/timers/abc", "/timers/-1", "/timers/0", "/timers/1.5", "/timers/%20", "/nope"]:
+            "/timers/abc", "/timers/-1", "/timers/0", "/timers/1.5", "/timers/%20", "/nope",
+            f"/timers/+{existing}", f"/timers/0{existing}", f"/timers/{existing}.0", f"/timers/%20{existing}",
+            "/timers/%D9%A7"]:  # the last: ARABIC-INDIC DIGIT SEVEN, which int() reads as 7
         response = requests.get(f"{service.url}{path}", timeout=TIMEOUT)
         _assert_error(response, 404)
     html = requests.get(f"{service.url}/nope", headers={"Accept": "text/html"}, timeout=TIMEOUT)
