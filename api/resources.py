@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 
 import falcon
@@ -133,19 +134,31 @@ def parse_list_query(req):
         (status, limit capped at 1000, position or None).
     Raises:
         FieldError: a missing or unknown status, a limit that is not an
-            integer >= 1, or a bad cursor.
+            integer >= 1 (ASCII digits), a bad cursor, or any of them given twice.
     """
-    status = req.get_param("status")
+    status = _single_param(req, "status")
     if status not in STATUSES:
         raise FieldError("status", "is required, one of: " + ", ".join(STATUSES))
-    raw_limit = req.get_param("limit")
+    raw_limit = _single_param(req, "limit")
     limit = DEFAULT_PAGE
     if raw_limit is not None:
-        if not raw_limit.isdigit() or int(raw_limit) < 1:
+        # Not str.isdigit: it takes digits such as "²" that int() refuses.
+        if not _DECIMAL.fullmatch(raw_limit) or int(raw_limit) < 1:
             raise FieldError("limit", "must be an integer >= 1")
         limit = min(int(raw_limit), MAX_PAGE)
-    cursor = req.get_param("cursor")
+    cursor = _single_param(req, "cursor")
     return status, limit, decode_cursor(cursor, status) if cursor else None
+
+
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+def _single_param(req, name):
+    """The query parameter ``name`` (str or None); FieldError when it is repeated."""
+    value = req.params.get(name)
+    if isinstance(value, list):
+        raise FieldError(name, "must be given once")
+    return value
 
 
 class TimerCollection:

@@ -189,8 +189,10 @@ def test_list_query_validation(service):
     _assert_error(_list(service), 400, "status")
     _assert_error(_list(service, status="nope"), 400, "status")
     _assert_error(_list(service, status="SCHEDULED"), 400, "status")
-    for limit in ("0", "abc", "-1", "1.5", ""):
+    for limit in ("0", "abc", "-1", "1.5", "", "\u00b2", "\u0667"):  # SUPERSCRIPT TWO, ARABIC-INDIC SEVEN
         _assert_error(_list(service, status="scheduled", limit=limit), 400, "limit")
+    for name, values in (("status", ["fired", "failed"]), ("limit", ["1", "2"]), ("cursor", ["a", "b"])):
+        _assert_error(_list(service, **{"status": "fired", name: values}), 400, name)
     for cursor in ("garbage", "!!!", "eyJ4IjoxfQ"):
         _assert_error(_list(service, status="scheduled", cursor=cursor), 400, "cursor")
 
