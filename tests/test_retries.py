@@ -54,6 +54,16 @@ def test_429_retry_after_delays_the_next_attempt(service, receiver):
     assert second["at"] - first["at"] >= 2.0
 
 
+def test_a_retry_after_of_non_ascii_digits_is_ignored_not_fatal(service, receiver):
+    # "\u00b2" (superscript two) is latin-1, so an HTTP header can carry it; it is not delay-seconds.
+    timer_id = _fire(service, receiver, "/odd", [(503, {"Retry-After": "\u00b2"}, 0), (200, {}, 0)])
+    timer = _final(service, timer_id)
+    assert (timer["status"], timer["attempts"]) == ("fired", 2)
+    assert len(receiver.received(f"/odd/{timer_id}")) == 2
+    # Not retried by the safety net for bugs ("internal error"), which logs this line.
+    assert "delivery failed unexpectedly" not in service.logs("workers")
+
+
 def test_connection_refused_retries_until_max_attempts(make_service, receiver):
     service = make_service(env={"TIMER_WEBHOOK_MAX_ATTEMPTS": "2"}).start()
     # Port 9 on loopback: nothing listens there, so the connection is refused.

@@ -118,9 +118,11 @@ def test_retry_after_past_date_is_zero():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now_s=NOW_S + 3600) == 0.0
 
 
-@pytest.mark.parametrize("value", [None, "", "garbage", "1.5", "12abc", "-5", "Wed, 21 Oct 2015 07:28:00"])
+@pytest.mark.parametrize("value", [None, "", "garbage", "1.5", "12abc", "-5", "Wed, 21 Oct 2015 07:28:00",
+                                   "\u00b2", "\u00b9\u00b2"])
 def test_retry_after_absent_or_unparsable_is_none(value):
-    # "-5" is not delay-seconds (RFC 9110: 1*DIGIT); a date without a zone is not an HTTP-date.
+    # "-5" is not delay-seconds (RFC 9110: 1*DIGIT, ASCII digits; superscripts are latin-1, so a
+    # header can carry them); a date without a zone is not an HTTP-date.
     assert parse_retry_after(value, now_s=NOW_S) is None
 
 

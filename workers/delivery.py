@@ -66,7 +66,8 @@ def parse_retry_after(value, now_s=None):
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII only: str.isdigit also takes "²" (latin-1, so a header can carry it), which float() refuses.
+    if value.isascii() and value.isdigit():
         seconds = float(value)
     else:
         try:
