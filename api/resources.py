@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import math
-import re
 import time
 
 import falcon
@@ -142,15 +141,12 @@ def parse_list_query(req):
     raw_limit = _single_param(req, "limit")
     limit = DEFAULT_PAGE
     if raw_limit is not None:
-        # Not str.isdigit: it takes digits such as "²" that int() refuses.
-        if not _DECIMAL.fullmatch(raw_limit) or int(raw_limit) < 1:
+        # ASCII only: str.isdigit also takes digits such as "²" that int() refuses.
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or int(raw_limit) < 1:
             raise FieldError("limit", "must be an integer >= 1")
         limit = min(int(raw_limit), MAX_PAGE)
     cursor = _single_param(req, "cursor")
     return status, limit, decode_cursor(cursor, status) if cursor else None
-
-
-_DECIMAL = re.compile(r"[0-9]+")
 
 
 def _single_param(req, name):

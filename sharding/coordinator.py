@@ -68,14 +68,14 @@ def run_pass(store, balancer, settings, full, token):
     """
     lock = store.control.lock(LOCK_KEY, timeout=600 if full else 60,
                               blocking=full, blocking_timeout=30)
-    if not lock.acquire(token=token):
+    if not lock.acquire(token=token, blocking=False):
         # A Redis that stalls may apply a failed pass's SET after the client gave
         # up on it: a lock left behind by this coordinator is dropped, not waited out.
         try:
             lock.do_release(token)
         except redis.exceptions.LockNotOwnedError:
-            return None
-        if not lock.acquire(token=token, blocking=False):
+            pass
+        if not lock.acquire(token=token):
             return None
     try:
         grace_ms = None if full else int(settings.recovery_grace_seconds * 1000)
