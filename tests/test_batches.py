@@ -6,7 +6,7 @@ consumers would deliver these timers too).
 """
 
 from tests.harness import wait_until
-from tests.test_delivery import settled
+from tests.test_delivery import settled, wait_status
 
 
 def test_a_hanging_receiver_does_not_hold_up_the_rest_of_its_batch(make_service, receiver):
@@ -23,9 +23,8 @@ def test_a_hanging_receiver_does_not_hold_up_the_rest_of_its_batch(make_service,
     # Sent one after the other, the fast ones would wait for both hanging answers (8 s).
     assert len(fast_at) == 6
     assert max(fast_at) - hung_at < 2.0
-    statuses = {i: wait_until(lambda i=i: service.get(i)["status"] == "fired" and "fired", timeout=15)
-                for i in ids}
-    assert set(statuses.values()) == {"fired"}
+    for timer_id in ids:
+        wait_status(service, timer_id, "fired", timeout=15)
 
 
 def test_a_batch_waiting_longer_than_a_lease_keeps_its_leases(make_service, receiver):
@@ -41,8 +40,7 @@ def test_a_batch_waiting_longer_than_a_lease_keeps_its_leases(make_service, rece
     wait_until(lambda: seen.add(service.get(ids[-1])["status"]) or "fired" in seen, timeout=30,
                interval=0.1, message="the last timer to fire")
     assert seen <= {"scheduled", "firing", "fired"}
-    timers = [wait_until(lambda i=i: (t := service.get(i))["status"] == "fired" and t, timeout=15)
-              for i in ids]
+    timers = [wait_status(service, timer_id, "fired", timeout=15) for timer_id in ids]
     assert [t["attempts"] for t in timers] == [1] * 10
     wait_until(lambda: settled(service), timeout=10, message="nothing queued or in flight")
     assert sorted(r["path"] for r in receiver.received()) == sorted(f"/slow/{i}" for i in ids)
