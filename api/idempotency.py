@@ -15,32 +15,11 @@ import json
 import falcon
 
 from api.validation import FieldError
+from sharding import scripts
 
 RESPONSE_TTL_S = 24 * 3600
 PENDING_TTL_S = 60
 MAX_KEY_LENGTH = 255
-
-# KEYS: key. ARGV: fingerprint, pending ttl s.
-# Returns {'new'} | {'mismatch'} | {'pending'} | {'done', response json}.
-_BEGIN = """
-local r = redis.call('HMGET', KEYS[1], 'fp', 'response')
-if not r[1] then
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return {'new'}
-end
-if r[1] ~= ARGV[1] then return {'mismatch'} end
-if not r[2] then return {'pending'} end
-return {'done', r[2]}
-"""
-
-# KEYS: key. ARGV: fingerprint. Deletes a pending key of this fingerprint.
-_ABANDON = """
-local r = redis.call('HMGET', KEYS[1], 'fp', 'response')
-if r[1] == ARGV[1] and not r[2] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 def fingerprint(body):
     """SHA-256 of the canonical JSON of a decoded request body (key order ignored)."""
@@ -68,8 +47,7 @@ class IdempotencyKeys:
 
     def __init__(self, client):
         self.client = client
-        self._begin = client.register_script(_BEGIN)
-        self._abandon = client.register_script(_ABANDON)
+        self._begin, self._abandon = scripts.register(client, "idempotency_begin", "idempotency_abandon")
 
     @staticmethod
     def _redis_key(scope, key):

@@ -25,7 +25,7 @@ import time
 import falcon
 import redis
 
-from sharding import config, queues, store
+from sharding import config, queues, scripts, store
 
 SHARD_ID_BASE = store.SHARD_ID_BASE
 _DEFAULT_FIELDS = ("u", "f", "s", "a", "r")
@@ -35,12 +35,12 @@ def record_fields(script=None):
     """Field names of the record the product's create script writes (its first ``HSET``).
 
     Args:
-        script: Lua text (default ``sharding.store._CREATE``).
+        script: Lua text (default ``sharding/lua/create.lua``).
     Returns:
         tuple of names, e.g. ``("u", "f", "s", "r")``; the layout of the first
         version (u, f, s, a, r) when the script cannot be read.
     """
-    text = script if script is not None else getattr(store, "_CREATE", "")
+    text = script if script is not None else scripts.source("create")
     match = re.search(r"redis\.call\('HSET',\s*[^,]+,(.*?)\)\s*$", text, re.MULTILINE)
     if not match:
         return _DEFAULT_FIELDS

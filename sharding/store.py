@@ -40,7 +40,7 @@ import threading
 
 import redis
 
-from sharding import queues
+from sharding import queues, scripts
 
 SHARD_ID_BASE = 1000
 FEED_BATCH = 500
@@ -49,165 +49,6 @@ FINAL = ("fired", "failed", "cancelled")
 # 2026-01-01T00:00:00Z in units of 100 microseconds: ids count from there.
 ID_EPOCH_UNITS = 1_767_225_600 * 10_000
 SHARDS_KEY = "timers:shards"
-
-_NOW_MS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS: the shard's id counter, due. ARGV: record key prefix, shard index, url,
-# delay ms, request id. Returns {id, fire, now}.
-_CREATE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local clock = tonumber(t[1]) * 10000 + math.floor(tonumber(t[2]) / 100) - """ + str(ID_EPOCH_UNITS) + """
-local n = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, clock)
-redis.call('SET', KEYS[1], string.format('%d', n))
-local id = string.format('%d', n * 1000 + tonumber(ARGV[2]))
-local fire = now + tonumber(ARGV[4])
--- The record key is the shard's prefix (its hash tag, so its slot) plus the new id.
-redis.call('HSET', ARGV[1] .. id, 'u', ARGV[3], 'f', fire, 's', 'scheduled', 'r', ARGV[5])
-redis.call('ZADD', KEYS[2], fire, id)
-return {tonumber(id), fire, now}
-"""
-
-# KEYS: due. ARGV: limit, visibility ms. Takes up to limit due timers and
-# hides them for the visibility timeout (a claim removes them for good; if
-# their message is lost they come due again). Returns their ids.
-_FEED = _NOW_MS + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local hide = now + tonumber(ARGV[2])
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', hide, id) end
-return ids
-"""
-
-# Scripts below take the KEYS of Shard.timer_keys: due, leases, retries,
-# done:fired, done:failed, done:cancelled, then one record key per timer.
-_FINALIZE = """
-local function finalize(record, status, id, retention)
-  local done = {fired = KEYS[4], failed = KEYS[5], cancelled = KEYS[6]}
-  redis.call('HSET', record, 's', status, 'x', now)
-  redis.call('HDEL', record, 'l', 'd')
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('ZADD', done[status], now, id)
-  redis.call('PEXPIRE', record, retention)
-end
-"""
-
-# ARGV: lease ms, early tolerance ms, then the ids (records: KEYS[7..]).
-# One entry per id: {status} when not claimable, {'early', due} when not yet
-# due, {'firing', attempts, url, fire, now, request id} when claimed.
-_CLAIM = _NOW_MS + """
-local out = {}
-local lease = now + tonumber(ARGV[1])
-for i = 3, #ARGV do
-  local id, record = ARGV[i], KEYS[i + 4]
-  local r = redis.call('HMGET', record, 's', 'd', 'f', 'u', 'r')
-  if r[1] ~= 'scheduled' and r[1] ~= 'retrying' then
-    out[#out + 1] = {r[1] or 'missing'}
-  else
-    local due = tonumber(r[2] or r[3])
-    if due > now + tonumber(ARGV[2]) then
-      -- A stale message: the feed that sent it hid the timer; show it again at its due time.
-      redis.call('ZADD', KEYS[1], 'XX', due, id)
-      out[#out + 1] = {'early', due}
-    else
-      local attempts = redis.call('HINCRBY', record, 'a', 1)
-      redis.call('HSET', record, 's', 'firing', 'l', lease)
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZREM', KEYS[3], id)
-      redis.call('ZADD', KEYS[2], lease, id)
-      out[#out + 1] = {'firing', attempts, r[4], r[3], now, r[5] or ''}
-    end
-  end
-end
-return out
-"""
-
-# ARGV: retention ms (final statuses), then per timer (records: KEYS[7..]):
-# id, attempt, new status, last error, delay ms until the next attempt
-# (retrying). An outcome applies only while the attempt number still matches
-# (a fencing token): a late worker whose lease expired and whose timer was
-# claimed again changes nothing. A late success is still taken while no newer
-# attempt has begun. One {applied, next attempt ms} per timer.
-_FINISH = _NOW_MS + _FINALIZE + """
-local out = {}
-for i = 2, #ARGV, 5 do
-  local id, attempt, status, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local record = KEYS[6 + #out + 1]
-  local r = redis.call('HMGET', record, 's', 'a')
-  local owned = (r[2] or '0') == attempt and (r[1] == 'firing' or
-    (status == 'fired' and (r[1] == 'scheduled' or r[1] == 'retrying')))
-  if not owned then
-    out[#out + 1] = {0, 0}
-  elseif status ~= 'retrying' then
-    redis.call('HSET', record, 'e', err)
-    finalize(record, status, id, ARGV[1])
-    out[#out + 1] = {1, now}
-  else
-    local next = now + tonumber(ARGV[i + 4])
-    redis.call('HSET', record, 's', 'retrying', 'd', next, 'e', err)
-    redis.call('HDEL', record, 'l')
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZADD', KEYS[1], next, id)
-    redis.call('ZADD', KEYS[3], next, id)
-    out[#out + 1] = {1, next}
-  end
-end
-return out
-"""
-
-# ARGV: lease ms, then per timer (records: KEYS[7..]): id, attempt. Extends
-# the lease of each timer still firing with that attempt number to now +
-# lease ms. Returns how many were extended.
-_RENEW = _NOW_MS + """
-local lease, renewed = now + tonumber(ARGV[1]), 0
-for i = 2, #ARGV, 2 do
-  local record = KEYS[6 + (i / 2)]
-  local r = redis.call('HMGET', record, 's', 'a')
-  if r[1] == 'firing' and r[2] == ARGV[i + 1] then
-    redis.call('HSET', record, 'l', lease)
-    redis.call('ZADD', KEYS[2], lease, ARGV[i])
-    renewed = renewed + 1
-  end
-end
-return renewed
-"""
-
-# ARGV: id, max attempts, retention ms (record: KEYS[7]).
-# A firing timer whose lease has run out goes back to retrying (due now), or
-# to failed when that was its last attempt. Returns the new status or false.
-_EXPIRE_LEASE = _NOW_MS + _FINALIZE + """
-local record = KEYS[7]
-local r = redis.call('HMGET', record, 's', 'l', 'a')
-if r[1] ~= 'firing' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return false
-end
-if tonumber(r[2] or 0) > now then return false end
-if tonumber(r[3] or 0) >= tonumber(ARGV[2]) then
-  redis.call('HSET', record, 'e', 'lease expired on the last attempt')
-  finalize(record, 'failed', ARGV[1], ARGV[3])
-  return 'failed'
-end
-redis.call('HSET', record, 's', 'retrying', 'd', now, 'e', 'lease expired (delivery cut off)')
-redis.call('HDEL', record, 'l')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-return 'retrying'
-"""
-
-# ARGV: id, retention ms (record: KEYS[7]). Cancels a pending timer; returns
-# the status the timer had ('missing' when there is none); only a pending one changes.
-_CANCEL = _NOW_MS + _FINALIZE + """
-local st = redis.call('HGET', KEYS[7], 's')
-if st == 'scheduled' or st == 'retrying' then finalize(KEYS[7], 'cancelled', ARGV[1], ARGV[2]) end
-return st or 'missing'
-"""
-
 
 _RECORD_FIELDS = ("u", "f", "s", "a", "e")
 
@@ -284,13 +125,9 @@ class Shard:
         self.done_keys = {status: f"done:{tag}:{status}" for status in FINAL}
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
-        self.create = self.redis.register_script(_CREATE)
-        self.feed = self.redis.register_script(_FEED)
-        self.claim = self.redis.register_script(_CLAIM)
-        self.finish = self.redis.register_script(_FINISH)
-        self.renew = self.redis.register_script(_RENEW)
-        self.expire_lease = self.redis.register_script(_EXPIRE_LEASE)
-        self.cancel = self.redis.register_script(_CANCEL)
+        (self.create, self.feed, self.claim, self.finish, self.renew, self.expire_lease,
+         self.cancel) = scripts.register(self.redis, "create", "feed", "claim", "finish", "renew",
+                                         "expire_lease", "cancel")
 
     def create_timer(self, url, delay_ms, request_id="", client=None):
         """Run the create script (see :meth:`TimerStore.create`); ``client`` may be a pipeline.
@@ -299,7 +136,8 @@ class Shard:
             [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it executes).
         """
         return self.create(keys=[self.seq_key, self.due_key],
-                           args=[self._record_prefix, self.index, url, delay_ms, request_id], client=client)
+                           args=[self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS],
+                           client=client)
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""

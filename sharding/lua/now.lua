@@ -1,0 +1,3 @@
+-- Shared prologue: `now`, the Redis server clock in epoch milliseconds.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
