@@ -25,14 +25,29 @@ Control key (on the ``REDIS_URL`` server): ``timers:shards`` (every shard
 index ever configured).
 
 A timer id is ``n * 1000 + home shard``: the shard holding its record is
-``id % 1000``, derivable without a lookup table. The create script takes
-``n`` from the shard's own counter, as the larger of the counter plus one
-and the Redis clock in units of 100 microseconds since 2026-01-01 (so one
-round trip stores a timer and no script touches another shard's keys). Ids
-are unique (one counter per shard, the shard in the last three digits) and
-grow with creation time: a timer created after another one's ``201`` has a
-larger id, across shards, as long as the shards share a clock. They stay
-below 2**53 (exact in JavaScript) until 2054.
+``id % 1000``, derivable without a lookup table. The create script
+(``lua/create.lua``) takes ``n`` as the larger of the shard's own counter
+(``seq:{ti}``) plus one and the Redis clock in units of 100 microseconds
+since 2026-01-01, so one round trip stores a timer and no script touches
+another shard's keys. What that promises (``shared/CONTRACT.md`` section 2):
+
+* unique: one counter per shard, which only grows, and the shard in the
+  last three digits;
+* below 2**53 (exact in JavaScript) until 2054;
+* time-ordered at 1 ms: a timer created at least 1 ms after another one's
+  ``201`` has a larger id, whichever shards took them. The earlier create
+  had ``n`` at most its shard's clock unit (or its counter, if that ran
+  ahead); 1 ms later every shard's clock is 10 units further. Creates less
+  than 1 ms apart on different shards may get ids in either order (within
+  one unit they are ordered by shard index).
+
+The rule holds while no shard's counter runs more than 1 ms (10 units) ahead
+of its clock. A counter runs ahead when its shard creates more than one timer
+per 100 microseconds (a burst above 10,000 creates a second on one shard; the
+lead drains as the clock catches up) or when the server's clock steps back
+(an NTP step; on a cluster, a failover to a node whose clock is behind, and
+the skew between nodes adds to the 1 ms). Ids stay unique then; only the
+order across shards may lag by the counter's lead.
 """
 
 import dataclasses
