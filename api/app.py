@@ -8,7 +8,6 @@ never sends webhooks.
 import logging
 
 import falcon
-import redis
 
 from api import openapi
 from api.auth import BearerAuth
@@ -16,7 +15,9 @@ from api.middleware import RequestContext
 from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem
 from api.validation import TimerIdConverter
 from sharding import config
-from sharding.balancer import LeastBusy
+from sharding.balancer import LeastBusy, NoShardAvailable
+from sharding.store import NotReplicated
+from sharding.topology import REDIS_ERRORS
 
 log = logging.getLogger("api")
 
@@ -50,6 +51,16 @@ def _redis_unavailable(req, resp, exc, params):
         retry_after=1)
 
 
+def _not_replicated(req, resp, exc, params):
+    log.warning("create not replicated in time", extra={"error": str(exc), "timer_id": exc.timer_id})
+    raise falcon.HTTPServiceUnavailable(
+        title="Timer not yet replicated",
+        description=f"{exc}: it is stored and may fire, but a failover now could lose it. Retry "
+                    "with the same Idempotency-Key: you get this timer once its replicas hold it, "
+                    "never a second one.",
+        retry_after=1)
+
+
 def create_app(settings=None, store=None):
     """Build the WSGI app.
 
@@ -69,13 +80,15 @@ def create_app(settings=None, store=None):
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, _unexpected)
-    app.add_error_handler(redis.exceptions.RedisError, _redis_unavailable)
+    for error in (*REDIS_ERRORS, NoShardAvailable):
+        app.add_error_handler(error, _redis_unavailable)
+    app.add_error_handler(NotReplicated, _not_replicated)
     app.add_route("/timers", TimerCollection(store, balancer, settings))
     app.router_options.converters["timer_id"] = TimerIdConverter
     app.add_route("/timers/{timer_id:timer_id}", TimerItem(store))
     app.add_route("/shards", Shards(store, settings))
     app.add_route("/healthz", Health())
-    app.add_route("/readyz", Ready(settings.effective_redis_url()))
+    app.add_route("/readyz", Ready(store.topology))
     app.add_route("/metrics", Metrics(store, settings))
     openapi.add_routes(app)
     return app

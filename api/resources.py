@@ -10,12 +10,12 @@ import time
 
 import falcon
 import falcon.media
-import redis
 
 from api.idempotency import IdempotencyKeys, check_key, fingerprint
 from api.validation import FieldError, parse_create
 from sharding import metrics, queues
-from sharding.store import STATUSES, now_ms
+from sharding.store import STATUSES, NotReplicated, now_ms
+from sharding.topology import REDIS_ERRORS
 
 log = logging.getLogger("api")
 
@@ -157,6 +157,11 @@ def _single_param(req, name):
     return value
 
 
+def _created_response(timer_id, record, now):
+    """The stored form of a create's 201 response (also kept under an Idempotency-Key)."""
+    return {"status": 201, "location": f"/timers/{timer_id}", "body": timer_view(timer_id, record, now)}
+
+
 class TimerCollection:
     """``POST /timers`` creates a timer; ``GET /timers`` lists timers by status."""
 
@@ -164,7 +169,7 @@ class TimerCollection:
         self.store = store
         self.balancer = balancer
         self.settings = settings
-        self.idempotency = IdempotencyKeys(store.control)
+        self.idempotency = IdempotencyKeys(store)
         self._registered = False
 
     def on_post(self, req, resp):
@@ -177,19 +182,52 @@ class TimerCollection:
         else:
             scope, digest = req.context.get("client", ""), fingerprint(body)
             stored = self.idempotency.begin(scope, check_key(key), digest)
-            if stored is not None:
+            if stored is not None and not stored.get("unconfirmed"):
                 resp.set_header("Idempotent-Replayed", "true")
                 response = stored
             else:
-                try:
-                    response = self._create(req, delay_s, url)
-                except Exception:
-                    self.idempotency.abandon(scope, key, digest)
-                    raise
-                self.idempotency.complete(scope, key, response)
+                response = self._create_once(req, scope, key, digest, stored, delay_s, url)
+                if stored is not None and response["location"] == stored["location"]:
+                    resp.set_header("Idempotent-Replayed", "true")
         resp.status = falcon.code_to_http_status(response["status"])
         resp.location = response["location"]
         resp.media = response["body"]
+
+    def _create_once(self, req, scope, key, digest, stored, delay_s, url):
+        """Create under an idempotency key, or confirm the timer a first try left unconfirmed.
+
+        ``stored`` is None for a first request, or the response of a create
+        whose replicas did not acknowledge it in time (``unconfirmed``): if
+        the replicas hold that timer now, its response is replayed; if a
+        failover lost it (it was never acknowledged), a new timer is created;
+        else 503 again. Either way the key never yields a second timer
+        while the first exists.
+        """
+        try:
+            if stored is None:
+                response = self._create(req, delay_s, url)
+            else:
+                response = self._confirm(req, stored, delay_s, url)
+        except NotReplicated as exc:
+            self.idempotency.complete(scope, key, {**exc.response, "unconfirmed": True})
+            raise
+        except Exception:
+            if stored is None:
+                self.idempotency.abandon(scope, key, digest)
+            raise
+        self.idempotency.complete(scope, key, response)
+        return response
+
+    def _confirm(self, req, stored, delay_s, url):
+        timer_id = int(stored["location"].rsplit("/", 1)[1])
+        held = self.store.confirm(timer_id)
+        if held is None:
+            return self._create(req, delay_s, url)
+        if not held:
+            exc = NotReplicated(timer_id, 0, self.settings.wait_replicas)
+            exc.response = stored
+            raise exc
+        return {k: v for k, v in stored.items() if k != "unconfirmed"}
 
     def _create(self, req, delay_s, url):
         if not self._registered:
@@ -197,13 +235,23 @@ class TimerCollection:
             self.store.register_shards(self.settings.shards)
             self._registered = True
         shard = self.balancer.choose()
-        timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
-                                                      req.context.request_id)
+        try:
+            timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
+                                                          req.context.request_id)
+        except NotReplicated as exc:
+            # Stored on the master, not (yet) on its replicas: 503, and with an
+            # Idempotency-Key the response is kept for the retry to confirm.
+            exc.response = _created_response(*exc.created)
+            raise
+        except REDIS_ERRORS:
+            # Its server failed (a master down, being failed over): the next
+            # creates go to the other shards for a moment.
+            self.balancer.failed(shard)
+            raise
         metrics.TIMER_CREATED.inc()
         # DEBUG: a JSON line per create costs a third of the request's CPU (docs/BENCHMARKS.md).
         log.debug("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": delay_s})
-        return {"status": 201, "location": f"/timers/{timer_id}",
-                "body": timer_view(timer_id, record, created)}
+        return _created_response(timer_id, record, created)
 
     def on_get(self, req, resp):
         """One page of timers with the given status, and the cursor of the next page."""
@@ -275,18 +323,17 @@ class Ready:
     """``GET /readyz``: 200 when Redis answers PING within 0.5 s, else 503.
 
     Args:
-        url: the Redis URL to check.
+        topology: the store's ``sharding.topology`` (on a cluster PING goes to every node).
     """
 
-    def __init__(self, url):
-        self.client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                           retry=None)
+    def __init__(self, topology):
+        self.topology = topology
 
     def on_get(self, req, resp):
         """200 ``{"status": "ready"}`` or 503 with the error."""
         try:
-            self.client.ping()
-        except redis.exceptions.RedisError as exc:
+            self.topology.ping()
+        except REDIS_ERRORS as exc:
             raise falcon.HTTPServiceUnavailable(
                 title="Not ready", description=f"Redis did not answer PING: {type(exc).__name__}",
                 retry_after=1) from None

@@ -59,6 +59,8 @@ class Settings:
     host: str
     port: int
     redis_url: str | None
+    redis_cluster_url: str | None
+    wait_replicas: int
     data_dir: str
     shards: int
     workers_per_shard: int
@@ -79,8 +81,17 @@ class Settings:
     api_tokens: tuple
 
     def store(self):
-        """A ``sharding.store.TimerStore`` on this configuration's Redis."""
-        return TimerStore(self.effective_redis_url(), self.retention_seconds)
+        """A ``sharding.store.TimerStore`` on this configuration's Redis or Redis Cluster."""
+        if self.redis_cluster_url:
+            return TimerStore(self.redis_cluster_url, self.retention_seconds, cluster=True,
+                              wait_replicas=self.wait_replicas)
+        return TimerStore(self.effective_redis_url(), self.retention_seconds,
+                          wait_replicas=self.wait_replicas)
+
+    @property
+    def external_redis(self):
+        """True when ``REDIS_URL`` or ``REDIS_CLUSTER_URL`` is set (no embedded Redis)."""
+        return bool(self.redis_url or self.redis_cluster_url)
 
     @property
     def lease_ms(self):
@@ -118,12 +129,22 @@ def load():
     Returns:
         Settings.
     Raises:
-        ConfigError: a variable is set to a value outside its documented range.
+        ConfigError: a variable is set to a value outside its documented range,
+            or both ``REDIS_URL`` and ``REDIS_CLUSTER_URL`` are set.
     """
+    redis_url = os.environ.get("REDIS_URL", "").strip() or None
+    cluster_url = os.environ.get("REDIS_CLUSTER_URL", "").strip() or None
+    if redis_url and cluster_url:
+        raise ConfigError("REDIS_URL and REDIS_CLUSTER_URL are both set; set one "
+                          "(REDIS_URL: one Redis server, REDIS_CLUSTER_URL: a node of a Redis Cluster)")
+    if cluster_url and not cluster_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(f"REDIS_CLUSTER_URL must be a redis:// or rediss:// URL, not {cluster_url!r}")
     return Settings(
         host=os.environ.get("HOST", "").strip() or "127.0.0.1",
         port=_int_env("PORT", 8000, 1, 65535),
-        redis_url=os.environ.get("REDIS_URL", "").strip() or None,
+        redis_url=redis_url,
+        redis_cluster_url=cluster_url,
+        wait_replicas=_int_env("TIMER_REDIS_WAIT_REPLICAS", 0, 0),
         data_dir=data_dir(),
         shards=_int_env("TIMER_SHARDS", 4, 1, 999),
         workers_per_shard=_int_env("TIMER_WORKERS_PER_SHARD", 2, 1),

@@ -23,8 +23,9 @@ import uuid
 import redis
 
 from sharding import process
-from sharding.balancer import LeastBusy
+from sharding.balancer import LeastBusy, NoShardAvailable
 from sharding.recovery import recover
+from sharding.topology import REDIS_ERRORS
 
 log = logging.getLogger("sharding.coordinator")
 
@@ -46,7 +47,7 @@ def wait_for_redis(store, stop, timeout_s=None):
         try:
             store.control.ping()
             return True
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             log.info("waiting for redis", extra={"error": str(exc)})
@@ -64,7 +65,8 @@ def run_pass(store, balancer, settings, full, token):
         the counts of :func:`sharding.recovery.recover`, or None when another
         coordinator holds the lock.
     Raises:
-        redis.exceptions.RedisError: Redis failed or timed out during the pass.
+        REDIS_ERRORS: Redis failed or timed out during the pass.
+        NoShardAvailable: no live shard to feed a retired shard's timers to.
     """
     lock = store.control.lock(LOCK_KEY, timeout=600 if full else 60,
                               blocking=full, blocking_timeout=30)
@@ -102,7 +104,7 @@ def main():
         started = time.monotonic()
         try:
             counts = run_pass(store, balancer, settings, full, token)
-        except redis.exceptions.RedisError as exc:
+        except (*REDIS_ERRORS, NoShardAvailable) as exc:
             log.warning("recovery pass failed", extra={"error": str(exc)})
         else:
             if counts is not None:

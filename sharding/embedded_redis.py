@@ -1,4 +1,4 @@
-"""The embedded Redis server, started when ``REDIS_URL`` is unset.
+"""The embedded Redis server, started when ``REDIS_URL`` and ``REDIS_CLUSTER_URL`` are unset.
 
 Run: ``python -m sharding.embedded_redis`` (the Procfile's ``redis`` process).
 It runs ``redis-server`` (from PATH, else the binary shipped in the
@@ -9,8 +9,8 @@ directories are two independent services.
 
 On SIGTERM/SIGINT it lets the other processes finish (until they disconnect,
 at most ``TIMER_SHUTDOWN_SECONDS`` + 1 s) before stopping Redis, so in-flight
-deliveries can still record their outcome. With ``REDIS_URL`` set it starts
-nothing and idles until signalled, because honcho stops every process as
+deliveries can still record their outcome. With ``REDIS_URL`` or
+``REDIS_CLUSTER_URL`` set it starts nothing and idles until signalled, because honcho stops every process as
 soon as one exits.
 """
 
@@ -108,8 +108,8 @@ def _relay(stream):
 def main():
     """Entry point: run Redis in the foreground until SIGTERM/SIGINT."""
     settings, stop = process.start("redis")
-    if settings.redis_url:
-        log.info("REDIS_URL is set; not starting an embedded Redis")
+    if settings.external_redis:
+        log.info("REDIS_URL or REDIS_CLUSTER_URL is set; not starting an embedded Redis")
         stop.wait()
         return
     os.makedirs(settings.data_dir, exist_ok=True)

@@ -30,7 +30,8 @@ def storage_name(index):
     """Huey storage name of shard ``index``: the Redis Cluster hash tag ``{t<index>}``.
 
     Every key of the shard carries it (kept short: it is part of every
-    timer's record key).
+    timer's record key). On a Redis Cluster a shard may carry another tag,
+    chosen to spread shards over the masters (``sharding.topology.Cluster.tag``).
     """
     return f"{{t{index}}}"
 
@@ -123,18 +124,21 @@ class TimerHuey(RedisHuey):
         return False
 
 
-def make_huey(index, connection_pool):
-    """The Huey instance of shard ``index`` on ``connection_pool`` (a redis-py pool).
+def make_huey(name, **storage_options):
+    """The Huey instance of the shard whose storage name (hash tag) is ``name``.
 
+    Args:
+        storage_options: for Huey's storage, from ``sharding.topology``
+            (``connection_pool``, and on a cluster ``storage_class``).
     Results are not stored: the timer record is the only state.
     """
     return TimerHuey(
-        storage_name(index),
+        name,
         results=False,
         utc=True,
         serializer=TimerMessageSerializer(),
-        connection_pool=connection_pool,
         clean_name=False,
         blocking=True,
         read_timeout=1,
+        **storage_options,
     )

@@ -30,3 +30,15 @@ def source(name):
 def register(client, *names):
     """``client.register_script`` (redis-py ``Script``) for each of ``names``, in order."""
     return [client.register_script(source(name)) for name in names]
+
+
+def queue(pipe, script, keys, args):
+    """Add ``script`` (a registered ``Script``) to ``pipe`` as a bare ``EVALSHA``.
+
+    redis-py's ``Script`` on a pipeline checks ``SCRIPT EXISTS`` before every
+    execute (one more round trip); the caller handles ``NoScriptError`` instead.
+    Returns:
+        ``script``.
+    """
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return script

@@ -21,8 +21,13 @@ shard's keys share one Redis Cluster slot and one Lua script may touch them):
 
 * ``seq:{ti}``: the shard's id counter (the last id sequence number it gave).
 
-Control key (on the ``REDIS_URL`` server): ``timers:shards`` (every shard
-index ever configured).
+Control keys (on the ``REDIS_URL`` server, or anywhere on the cluster):
+``timers:shards`` (every shard index ever configured), ``timers:tags`` (on a
+cluster: each shard's hash tag, ``sharding.topology``).
+
+On a Redis Cluster ``{ti}`` stands for the tag chosen for shard ``i`` when it
+was registered (``{t<i>}`` or ``{t<i>.<k>}``, whichever lands it on the master
+with the fewest shards); on one server it is always ``{t<i>}``.
 
 A timer id is ``n * 1000 + home shard``: the shard holding its record is
 ``id % 1000``, derivable without a lookup table. The create script
@@ -55,7 +60,7 @@ import threading
 
 import redis
 
-from sharding import queues, scripts
+from sharding import queues, scripts, topology
 
 SHARD_ID_BASE = 1000
 FEED_BATCH = 500
@@ -64,6 +69,8 @@ FINAL = ("fired", "failed", "cancelled")
 # 2026-01-01T00:00:00Z in units of 100 microseconds: ids count from there.
 ID_EPOCH_UNITS = 1_767_225_600 * 10_000
 SHARDS_KEY = "timers:shards"
+# How long a create waits for TIMER_REDIS_WAIT_REPLICAS replicas before 503.
+WAIT_TIMEOUT_MS = 1000
 
 _RECORD_FIELDS = ("u", "f", "s", "a", "e")
 
@@ -77,6 +84,12 @@ def _record(fields):
             "attempts": int(attempts or 0), "last_error": error.decode() if error else None}
 
 
+def _created(url, timer_id, fire_ms, now):
+    """What :meth:`TimerStore.create` returns, from the create script's reply."""
+    return int(timer_id), {"url": url, "fire_at": int(fire_ms), "status": "scheduled", "attempts": 0,
+                           "last_error": None}, int(now)
+
+
 def home_shard(timer_id):
     """Index of the shard that holds ``timer_id``'s record (``id % 1000``)."""
     return timer_id % SHARD_ID_BASE
@@ -86,6 +99,23 @@ def now_ms(client):
     """The Redis server clock of ``client`` in epoch milliseconds."""
     secs, micros = client.time()
     return secs * 1000 + micros // 1000
+
+
+class NotReplicated(redis.exceptions.RedisError):
+    """A write that fewer replicas than asked acknowledged within :data:`WAIT_TIMEOUT_MS`.
+
+    The write stands on the master (its replicas may still receive it); a
+    failover before they do may lose it. ``timer_id`` is the timer written.
+    """
+
+    def __init__(self, timer_id, acknowledged, wanted, result=None):
+        super().__init__(f"{acknowledged} of {wanted} replicas acknowledged timer {timer_id} "
+                         f"within {WAIT_TIMEOUT_MS} ms")
+        self.timer_id = timer_id
+        # A create's [id, fire ms, now ms]; TimerStore.create sets ``created``
+        # to what it would have returned.
+        self.result = result
+        self.created = None
 
 
 @dataclasses.dataclass
@@ -125,14 +155,24 @@ class Finish:
 
 
 class Shard:
-    """One shard: its own Redis connection pool, Huey queue, keys and scripts."""
+    """One shard: its client, Huey queue, keys and scripts.
 
-    def __init__(self, index, url):
+    Args:
+        index: the shard's index.
+        topology: ``sharding.topology.SingleServer`` or ``Cluster``, which
+            gives the shard its client, its hash tag, its Huey storage and the
+            create strategy.
+        wait_replicas: n >= 1: a create returns only after ``WAIT n`` on the
+            connection of the write says n replicas hold it.
+    """
+
+    def __init__(self, index, topology, wait_replicas=0):
         self.index = index
-        self.pool = redis.ConnectionPool.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self.redis = redis.Redis(connection_pool=self.pool)
-        self.huey = queues.make_huey(index, self.pool)
-        tag = queues.storage_name(index)
+        self.topology = topology
+        self.wait_replicas = wait_replicas
+        self.redis = topology.shard_client(index)
+        self.tag = tag = topology.tag(index)
+        self.huey = queues.make_huey(tag, **topology.huey_storage(self.redis))
         self.due_key = f"due:{tag}"
         self.seq_key = f"seq:{tag}"
         self.leases_key = f"lease:{tag}"
@@ -140,19 +180,84 @@ class Shard:
         self.done_keys = {status: f"done:{tag}:{status}" for status in FINAL}
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
-        (self.create, self.feed, self.claim, self.finish, self.renew, self.expire_lease,
-         self.cancel) = scripts.register(self.redis, "create", "feed", "claim", "finish", "renew",
-                                         "expire_lease", "cancel")
+        (self.create, self.reserve_id, self.create_reserved, self.get, self.feed, self.claim,
+         self.finish, self.renew, self.expire_lease, self.cancel, self.confirm_write) = scripts.register(
+            self.redis, "create", "reserve_id", "create_reserved", "get", "feed", "claim", "finish",
+            "renew", "expire_lease", "cancel", "confirm")
+        # Where a script may build a key from its arguments (one server), the id is
+        # made inside the create script: one round trip. A cluster wants every key
+        # in KEYS, so the id is reserved first.
+        self._queue_create = self._reserve_then_create if topology.declared_keys_only else self._create_in_one
+
+    def _create_in_one(self, node, pipe, url, delay_ms, request_id):
+        return scripts.queue(pipe, self.create, [self.seq_key, self.due_key],
+                             [self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS])
+
+    def _reserve_then_create(self, node, pipe, url, delay_ms, request_id):
+        timer_id = self.reserve_id(keys=[self.seq_key], args=[self.index, ID_EPOCH_UNITS], client=node)
+        return scripts.queue(pipe, self.create_reserved, [self.record_key(timer_id), self.due_key],
+                             [timer_id, url, delay_ms, request_id])
 
     def create_timer(self, url, delay_ms, request_id="", client=None):
-        """Run the create script (see :meth:`TimerStore.create`); ``client`` may be a pipeline.
+        """Store a new timer (see :meth:`TimerStore.create`).
 
+        Args:
+            client: a pipeline of this shard's server to add the create to
+                (one server only; bench/ stores backlogs that way); None: run
+                it now, then ``WAIT`` when ``wait_replicas`` asks for it.
         Returns:
             [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it executes).
+        Raises:
+            NotReplicated: fewer than ``wait_replicas`` replicas acknowledged the
+                write within :data:`WAIT_TIMEOUT_MS` (the timer is stored on the master).
         """
-        return self.create(keys=[self.seq_key, self.due_key],
-                           args=[self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS],
-                           client=client)
+        if client is not None:
+            return self.create(keys=[self.seq_key, self.due_key], client=client, args=[
+                self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS])
+        return self.topology.on_node(self.redis, self.seq_key,
+                                     lambda node: self._create_on(node, url, delay_ms, request_id))
+
+    def _create_on(self, node, url, delay_ms, request_id):
+        result, acknowledged = self._write_and_wait(
+            node, lambda pipe: self._queue_create(node, pipe, url, delay_ms, request_id))
+        if acknowledged < self.wait_replicas:
+            raise NotReplicated(int(result[0]), acknowledged, self.wait_replicas, result)
+        return result
+
+    def confirm(self, timer_id):
+        """Whether ``wait_replicas`` replicas hold ``timer_id``'s record (a write, then ``WAIT``).
+
+        Returns:
+            True when they do, False when not within :data:`WAIT_TIMEOUT_MS`,
+            None when the record does not exist.
+        """
+        def confirm_on(node):
+            exists, acknowledged = self._write_and_wait(node, lambda pipe: scripts.queue(
+                pipe, self.confirm_write, [self.record_key(timer_id)], []))
+            return None if not exists else acknowledged >= self.wait_replicas
+        return self.topology.on_node(self.redis, self.seq_key, confirm_on)
+
+    def _write_and_wait(self, node, queue_write):
+        """Run the script ``queue_write(pipe)`` adds (and returns), then ``WAIT``, on one connection.
+
+        WAIT counts the replicas that hold this connection's writes (Redis
+        docs, WAIT), so both go down one connection of ``node`` (a plain client
+        of the shard's server), in one round trip.
+        Returns:
+            (the script's result, replicas that acknowledged; 0 when none are asked for).
+        """
+        pipe = node.pipeline(transaction=False)
+        script = queue_write(pipe)
+        if self.wait_replicas:
+            pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        try:
+            results = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            # A server new to this process (a promoted replica): load, then run
+            # again (the refused script wrote nothing).
+            node.script_load(script.script)
+            return self._write_and_wait(node, queue_write)
+        return results[0], int(results[1]) if self.wait_replicas else 0
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""
@@ -180,32 +285,46 @@ class TimerStore:
     """Timer records across shards.
 
     Args:
-        url: Redis URL of every shard and of the control keys (one server
-            today; each shard still gets a connection pool of its own).
+        url: Redis URL of every shard and of the control keys: one server
+            (each shard still gets a connection pool of its own), or any node
+            of a Redis Cluster when ``cluster``.
         retention_s: seconds a finished timer stays readable.
-    Errors from Redis propagate as ``redis.exceptions.RedisError``.
+        cluster: the URL is a Redis Cluster node (``sharding.topology.Cluster``).
+        wait_replicas: ``TIMER_REDIS_WAIT_REPLICAS``: replicas that must hold a
+            create before it returns (``WAIT``).
+    Errors from Redis propagate as ``sharding.topology.REDIS_ERRORS``.
     """
 
-    def __init__(self, url, retention_s=7 * 86400):
+    def __init__(self, url, retention_s=7 * 86400, cluster=False, wait_replicas=0):
         self.url = url
         self.retention_ms = int(retention_s * 1000)
-        self.control = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.wait_replicas = wait_replicas
+        self.topology = topology.connect(url, cluster)
         self._shards = {}
         self._lock = threading.Lock()
+
+    @property
+    def control(self):
+        """The client of the control keys (``timers:*``, idempotency keys, the coordinator's lock)."""
+        return self.topology.control
 
     def shard(self, index):
         """The :class:`Shard` ``index`` (created on first use; also for retired shards)."""
         shard = self._shards.get(index)
         if shard is None:
             with self._lock:
-                shard = self._shards.setdefault(index, Shard(index, self.url))
+                shard = self._shards.get(index)
+                if shard is None:
+                    shard = self._shards[index] = Shard(index, self.topology, self.wait_replicas)
         return shard
 
     def _home(self, timer_id):
         return self.shard(home_shard(timer_id))
 
     def register_shards(self, count):
-        """Record shard indexes ``0..count-1`` as known, for recovery after a shrink."""
+        """Record shard indexes ``0..count-1`` as known (for recovery after a shrink)
+        and give each its hash tag (``sharding.topology``)."""
+        self.topology.assign_tags(count)
         self.control.sadd(SHARDS_KEY, *range(count))
 
     def known_shards(self, count):
@@ -223,14 +342,27 @@ class TimerStore:
             request_id: the creating request's id, logged with every delivery.
         Returns:
             (timer id, record dict as :meth:`get` returns it, now epoch ms).
+        Raises:
+            NotReplicated: ``wait_replicas`` replicas did not acknowledge it in time.
         """
-        timer_id, fire_ms, created_ms = self.shard(shard_index).create_timer(url, delay_ms, request_id)
-        record = {"url": url, "fire_at": fire_ms, "status": "scheduled", "attempts": 0,
-                  "last_error": None}
-        return timer_id, record, created_ms
+        try:
+            result = self.shard(shard_index).create_timer(url, delay_ms, request_id)
+        except NotReplicated as exc:
+            exc.created = _created(url, *exc.result)
+            raise
+        return _created(url, *result)
+
+    def confirm(self, timer_id):
+        """Whether enough replicas hold timer ``timer_id`` (see :meth:`Shard.confirm`).
+
+        Returns:
+            True, False (not yet), or None when the timer does not exist (a
+            failover lost it before any replica had it).
+        """
+        return self._home(timer_id).confirm(timer_id)
 
     def get(self, timer_id):
-        """Read a timer.
+        """Read a timer, with its shard's clock, in one script.
 
         Returns:
             (record, now epoch ms), the record a dict with ``url``, ``fire_at``
@@ -238,11 +370,8 @@ class TimerStore:
             empty); ``(None, now)`` when there is no such timer.
         """
         shard = self._home(timer_id)
-        pipe = shard.redis.pipeline(transaction=False)
-        pipe.hmget(shard.record_key(timer_id), *_RECORD_FIELDS)
-        pipe.time()
-        fields, (secs, micros) = pipe.execute()
-        return _record(fields), secs * 1000 + micros // 1000
+        *fields, now = shard.get(keys=[shard.record_key(timer_id)], args=_RECORD_FIELDS)
+        return _record(fields), int(now)
 
     def list(self, status, indexes, limit, after=None):
         """One page of timers with ``status`` across shards ``indexes``.

@@ -20,11 +20,11 @@ import logging
 import sys
 import time
 
-import redis
 from huey.consumer import BaseProcess, Consumer
 
 from sharding import config, logs
 from sharding.store import FEED_BATCH
+from sharding.topology import REDIS_ERRORS
 from workers import tasks
 from workers.delivery import Sender
 
@@ -63,7 +63,7 @@ class Feeder(BaseProcess):
             while self.store.feed(self.index, self.index, self.visibility_ms, self.spread) == FEED_BATCH:
                 if self.stop_flag.is_set():
                     break
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._logger.warning("feeding failed", extra={"error": str(exc)})
         self.sleep_for_interval(begun, self.tick_s)
 

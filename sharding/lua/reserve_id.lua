@@ -1,0 +1,5 @@
+-- KEYS: the shard's id counter. ARGV: shard index, id epoch (100 microsecond units).
+-- Takes the shard's next timer id for create_reserved.lua (Redis Cluster path).
+--! include now
+--! include next_id
+return tonumber(next_id(KEYS[1], ARGV[1], ARGV[2]))

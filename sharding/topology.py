@@ -1,0 +1,246 @@
+"""Where the shards live: one Redis server, or a Redis Cluster.
+
+The timer store (``sharding.store``) asks its topology for everything that
+differs between the two, so no other module tests which one it runs on:
+
+* the control client (``timers:*`` keys: known shards, tags, the
+  coordinator's lock, idempotency keys) and each shard's client;
+* each shard's hash tag: on one server ``{t<i>}``; on a cluster a tag chosen
+  against the slot map when the shard is first registered and kept in
+  ``timers:tags`` for the life of the data (see :meth:`Cluster.tag`);
+* the Huey storage of each shard's queue;
+* the create strategy: on one server the create script makes the id and
+  builds the record key from it (one round trip); a cluster wants every key a
+  script touches in ``KEYS``, so the id is reserved first (``reserve_id.lua``)
+  and the create script then declares the record key (two round trips);
+* the node a shard's writes go to, for ``WAIT`` on the connection of the
+  write (redis-py's cluster client sends ``WAIT`` to a random node), and what
+  to do on a redirect (``MOVED``/``ASK``/``TRYAGAIN``) seen on that connection.
+
+Errors: :data:`REDIS_ERRORS` are what a caller catches where it caught
+``redis.exceptions.RedisError``; redis-py's ``RedisClusterException`` (a slot
+no node serves, a refused cluster pipeline command) is not a ``RedisError``.
+"""
+
+import collections
+import threading
+import time
+
+import redis
+import redis.cluster
+from huey.storage import RedisStorage
+
+from sharding import queues
+
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+TAGS_KEY = "timers:tags"
+_TAGS_LOCK = "timers:tags:lock"
+# How many tag candidates a shard tries to find the least-loaded master:
+# with M masters a random slot misses a given one with probability (1-1/M).
+_TAG_CANDIDATES = 1000
+_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 5}
+# A write seen answered with a redirect is retried this many times (the slot map is
+# re-read first): enough for a slot that moved once while the request ran.
+_REDIRECT_RETRIES = 2
+# MovedError is an AskError.
+_REDIRECTS = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
+
+class SingleServer:
+    """Every shard on one Redis server (``REDIS_URL``, or the embedded Redis).
+
+    Args:
+        url: redis-py URL (``redis://``, ``rediss://``, ``unix://``).
+    """
+
+    declared_keys_only = False
+
+    def __init__(self, url):
+        self.url = url
+        self.control = redis.Redis.from_url(url, **_TIMEOUTS)
+        self._ready = None
+
+    def shard_client(self, index):
+        """A client of its own for shard ``index`` (own connection pool)."""
+        return redis.Redis.from_url(self.url, **_TIMEOUTS)
+
+    def tag(self, index):
+        """The hash tag of shard ``index``: ``sharding.queues.storage_name``."""
+        return queues.storage_name(index)
+
+    def assign_tags(self, count):
+        """Nothing to assign on one server: every tag is ``sharding.queues.storage_name``."""
+
+    def huey_storage(self, client):
+        """Keyword arguments for Huey's ``RedisStorage`` on ``client``'s pool."""
+        return {"connection_pool": client.connection_pool}
+
+    def on_node(self, client, key, work):
+        """``work(node client)`` on the server holding ``key``: here ``client`` itself."""
+        return work(client)
+
+    def ping(self):
+        """The readiness check: PING within 0.5 s.
+
+        Raises:
+            REDIS_ERRORS: no answer.
+        """
+        if self._ready is None:
+            self._ready = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                               retry=None)
+        return self._ready.ping()
+
+
+class ClusterStorage(RedisStorage):
+    """Huey's ``RedisStorage`` on a ``redis.cluster.RedisCluster`` client.
+
+    Huey's storage builds its client as ``redis_client(connection_pool=...)``;
+    here that "pool" is the cluster client itself, which routes every queue
+    command (``LPUSH``, ``BRPOP``, ``LLEN``, ``LRANGE``) to the master of the
+    queue key's slot and follows ``MOVED``/``ASK``. The blocking pop is sent to
+    that node, as Redis Cluster requires for a single-key blocking command.
+    """
+
+    def redis_client(self, connection_pool):
+        """The cluster client passed as ``connection_pool``."""
+        return connection_pool
+
+
+class Cluster:
+    """Every shard on a Redis Cluster (``REDIS_CLUSTER_URL``: any one node).
+
+    One ``RedisCluster`` client serves the control keys and every shard; it
+    keeps a connection pool per node and follows ``MOVED``/``ASK``/``TRYAGAIN``
+    itself.
+
+    Args:
+        url: ``redis://`` or ``rediss://`` URL of any node (user and password allowed).
+    """
+
+    declared_keys_only = True
+
+    def __init__(self, url):
+        self.url = url
+        self._client = None
+        self._connect_lock = threading.Lock()
+        self._tags = {}
+        self._ready = None
+
+    @property
+    def control(self):
+        """The ``RedisCluster`` client, connected on first use.
+
+        redis-py reads the slot map when the client is made, so a process that
+        starts before the cluster answers makes it again on its next call
+        instead of exiting.
+        Raises:
+            REDIS_ERRORS: no node answered.
+        """
+        if self._client is None:
+            with self._connect_lock:
+                if self._client is None:
+                    self._client = redis.cluster.RedisCluster.from_url(self.url, **_TIMEOUTS)
+        return self._client
+
+    def shard_client(self, index):
+        """The shared cluster client (it routes each command by its key's slot)."""
+        return self.control
+
+    def tag(self, index):
+        """The hash tag of shard ``index``, assigned on first use (see :meth:`assign_tags`).
+
+        Tags never change once stored: every record key of a shard carries its
+        tag and a timer is found from its id through ``id % 1000`` and the tag.
+        """
+        if index not in self._tags:
+            self._tags.update(self._stored_tags())
+        if index not in self._tags:
+            self.assign_tags(index + 1)
+        return self._tags[index]
+
+    def _stored_tags(self):
+        return {int(i): tag.decode() for i, tag in self.control.hgetall(TAGS_KEY).items()}
+
+    def assign_tags(self, count):
+        """Give each of shards ``0..count-1`` that has none a tag, spreading shards evenly.
+
+        Each new shard gets the first of ``{t<i>}``, ``{t<i>.1}``, ``{t<i>.2}`` ...
+        whose slot's master holds the fewest shards now, so N shards on M
+        masters land ``N // M`` or ``N // M + 1`` per master. Under a lock,
+        so processes registering at once agree; stored with ``HSETNX``.
+        """
+        tags = self._stored_tags()
+        if all(i in tags for i in range(count)):
+            self._tags.update(tags)
+            return
+        with self.control.lock(_TAGS_LOCK, timeout=30, blocking_timeout=30):
+            tags = self._stored_tags()
+            load = collections.Counter({node.name: 0 for node in self.control.get_primaries()})
+            load.update(self.master_of(tag) for tag in tags.values())
+            for index in range(count):
+                if index not in tags:
+                    tags[index] = self._least_loaded_tag(index, load)
+                    load[self.master_of(tags[index])] += 1
+                    self.control.hsetnx(TAGS_KEY, index, tags[index])
+        self._tags.update(self._stored_tags())
+
+    def _least_loaded_tag(self, index, load):
+        fewest = min(load.values())
+        candidates = [queues.storage_name(index)] + [f"{{t{index}.{k}}}" for k in range(1, _TAG_CANDIDATES)]
+        return next((tag for tag in candidates if load[self.master_of(tag)] == fewest), candidates[0])
+
+    def master_of(self, key):
+        """Name (``host:port``) of the master serving ``key``'s slot, from the cached slot map."""
+        return self.control.get_node_from_key(key).name
+
+    def huey_storage(self, client):
+        """Keyword arguments for Huey: :class:`ClusterStorage` on the cluster client."""
+        return {"storage_class": ClusterStorage, "connection_pool": client}
+
+    def on_node(self, client, key, work):
+        """``work(plain client)`` on the master of ``key``'s slot; re-routed after a redirect.
+
+        Used for writes that must share one connection with a ``WAIT``. A
+        ``MOVED`` (the slot moved), ``ASK``/``TRYAGAIN`` (it is moving) or
+        ``CLUSTERDOWN`` (a failover is under way) re-reads the slot map and
+        tries again; the last error propagates. A connection error re-reads
+        the slot map and propagates at once.
+        """
+        for attempt in range(_REDIRECT_RETRIES + 1):
+            node = self.control.get_node_from_key(key)
+            try:
+                return work(self.control.get_redis_connection(node))
+            except _REDIRECTS:
+                # Refused before it ran: safe to send again.
+                if attempt == _REDIRECT_RETRIES:
+                    raise
+                self._reload_slots()
+                time.sleep(0.05 * attempt)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                # The write may have run: never resent (a create would make a second
+                # timer). The next request finds the promoted replica.
+                self._reload_slots()
+                raise
+        raise AssertionError("unreachable")
+
+    def _reload_slots(self):
+        try:
+            self.control.nodes_manager.initialize()
+        except REDIS_ERRORS:
+            pass  # no node answered: the cluster client tries again on its next command
+
+    def ping(self):
+        """The readiness check: every node answers PING within 0.5 s.
+
+        Raises:
+            REDIS_ERRORS: a node did not answer, or none did.
+        """
+        if self._ready is None:
+            self._ready = redis.cluster.RedisCluster.from_url(self.url, socket_timeout=0.5,
+                                                              socket_connect_timeout=0.5)
+        return self._ready.ping()
+
+
+def connect(url, cluster=False):
+    """The topology for a Redis URL: :class:`Cluster` when ``cluster``, else :class:`SingleServer`."""
+    return Cluster(url) if cluster else SingleServer(url)
