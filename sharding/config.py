@@ -84,9 +84,9 @@ class Settings:
         """A ``sharding.store.TimerStore`` on this configuration's Redis or Redis Cluster."""
         if self.redis_cluster_url:
             return TimerStore(self.redis_cluster_url, self.retention_seconds, cluster=True,
-                              wait_replicas=self.wait_replicas)
+                              wait_replicas=self.wait_replicas, live_shards=self.shards)
         return TimerStore(self.effective_redis_url(), self.retention_seconds,
-                          wait_replicas=self.wait_replicas)
+                          wait_replicas=self.wait_replicas, live_shards=self.shards)
 
     @property
     def external_redis(self):

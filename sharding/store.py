@@ -292,11 +292,14 @@ class TimerStore:
         cluster: the URL is a Redis Cluster node (``sharding.topology.Cluster``).
         wait_replicas: ``TIMER_REDIS_WAIT_REPLICAS``: replicas that must hold a
             create before it returns (``WAIT``).
+        live_shards: ``TIMER_SHARDS``: on a cluster, the first use of one of
+            these shards registers all of them (assigns their tags) if no process has.
     Errors from Redis propagate as ``sharding.topology.REDIS_ERRORS``.
     """
 
-    def __init__(self, url, retention_s=7 * 86400, cluster=False, wait_replicas=0):
+    def __init__(self, url, retention_s=7 * 86400, cluster=False, wait_replicas=0, live_shards=0):
         self.url = url
+        self.live_shards = live_shards
         self.retention_ms = int(retention_s * 1000)
         self.wait_replicas = wait_replicas
         self.topology = topology.connect(url, cluster)
@@ -309,16 +312,36 @@ class TimerStore:
         return self.topology.control
 
     def shard(self, index):
-        """The :class:`Shard` ``index`` (created on first use; also for retired shards)."""
+        """The :class:`Shard` ``index`` (created on first use; also for retired shards).
+
+        Raises:
+            topology.UnknownShard: on a cluster, ``index`` is not a live shard
+                and was never registered.
+            REDIS_ERRORS: on a cluster, its tag could not be read.
+        """
         shard = self._shards.get(index)
         if shard is None:
             with self._lock:
                 shard = self._shards.get(index)
                 if shard is None:
-                    shard = self._shards[index] = Shard(index, self.topology, self.wait_replicas)
+                    shard = self._shards[index] = self._open(index)
         return shard
 
+    def _open(self, index):
+        try:
+            return Shard(index, self.topology, self.wait_replicas)
+        except topology.UnknownShard:
+            if index >= self.live_shards:
+                raise
+        self.topology.assign_tags(self.live_shards)
+        return Shard(index, self.topology, self.wait_replicas)
+
     def _home(self, timer_id):
+        """The home shard of ``timer_id``.
+
+        Raises:
+            topology.UnknownShard: no shard with that index was ever registered.
+        """
         return self.shard(home_shard(timer_id))
 
     def register_shards(self, count):
@@ -367,9 +390,13 @@ class TimerStore:
         Returns:
             (record, now epoch ms), the record a dict with ``url``, ``fire_at``
             (epoch ms), ``status``, ``attempts`` and ``last_error`` (None when
-            empty); ``(None, now)`` when there is no such timer.
+            empty); ``(None, now)`` when there is no such timer (``(None, 0)``
+            when its shard index was never registered).
         """
-        shard = self._home(timer_id)
+        try:
+            shard = self._home(timer_id)
+        except topology.UnknownShard:
+            return None, 0
         *fields, now = shard.get(keys=[shard.record_key(timer_id)], args=_RECORD_FIELDS)
         return _record(fields), int(now)
 
@@ -540,7 +567,10 @@ class TimerStore:
             unchanged) or ``missing``. Atomic with claims: of a cancel and a
             claim racing, exactly one wins.
         """
-        shard = self._home(timer_id)
+        try:
+            shard = self._home(timer_id)
+        except topology.UnknownShard:
+            return "missing"
         return shard.cancel(keys=shard.timer_keys([timer_id]),
                             args=[timer_id, self.retention_ms]).decode()
 

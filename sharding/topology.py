@@ -46,6 +46,10 @@ _REDIRECT_RETRIES = 2
 _REDIRECTS = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 
+class UnknownShard(LookupError):
+    """A shard index that no process registered (so it has no tag and holds nothing)."""
+
+
 class SingleServer:
     """Every shard on one Redis server (``REDIS_URL``, or the embedded Redis).
 
@@ -147,15 +151,18 @@ class Cluster:
         return self.control
 
     def tag(self, index):
-        """The hash tag of shard ``index``, assigned on first use (see :meth:`assign_tags`).
+        """The hash tag of shard ``index``, as :meth:`assign_tags` stored it.
 
         Tags never change once stored: every record key of a shard carries its
         tag and a timer is found from its id through ``id % 1000`` and the tag.
+        Raises:
+            UnknownShard: shard ``index`` was never registered (an id made up
+                by a client: a read answers 404 without registering anything).
         """
         if index not in self._tags:
             self._tags.update(self._stored_tags())
         if index not in self._tags:
-            self.assign_tags(index + 1)
+            raise UnknownShard(index)
         return self._tags[index]
 
     def _stored_tags(self):

@@ -1,8 +1,10 @@
-"""Session fixtures: one real redis-server, one webhook receiver, services per test."""
+"""Session fixtures: one real redis-server, one real Redis Cluster, one webhook receiver,
+services per test."""
 
 import pytest
 
-from tests.harness import Receiver, RedisServer, Service, consumers_ready
+from sharding.local_cluster import LocalCluster
+from tests.harness import Receiver, RedisServer, Service, consumers_ready, free_cluster_port
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +24,34 @@ def redis_client(redis_server):
     client = redis_server.client()
     client.flushall()
     return client
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster for the whole session: 3 masters + 3 replicas (``sharding.local_cluster``)."""
+    cluster = LocalCluster(str(tmp_path_factory.mktemp("cluster")), free_cluster_port()).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_service(redis_cluster, receiver, tmp_path):
+    """Factory on the session's cluster, emptied first: ``cluster_service(env={...})`` →
+    a :class:`tests.harness.Service` with ``REDIS_CLUSTER_URL`` (not started)."""
+    redis_cluster.wait_ok()
+    for port in redis_cluster.masters():
+        redis_cluster.client(port).flushall()
+    receiver.reset()
+    made = []
+
+    def make(env=None):
+        service = Service(None, str(tmp_path), {"REDIS_CLUSTER_URL": redis_cluster.url, **(env or {})})
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.stop(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import datetime
 import http.server
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,6 +32,30 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_cluster_port(nodes=6):
+    """A first port for a local Redis Cluster of ``nodes`` nodes on 127.0.0.1.
+
+    Each node needs its port and its cluster bus port (port + 10000), all free
+    and below the ephemeral range (32768 on Linux), so that no client's
+    outgoing connection takes one of them between this check and the start.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10000, 22700)
+        if all(_bindable(base + offset + bus) for offset in range(nodes) for bus in (0, 10000)):
+            return base
+    raise RuntimeError("no free port range for a local cluster")
+
+
+def _bindable(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def clean_environ():
@@ -201,7 +226,8 @@ class Service:
     """The service's processes (gunicorn API, consumer pool, coordinator) as subprocesses.
 
     Args:
-        redis_url: the Redis every process uses (``REDIS_URL``).
+        redis_url: the Redis every process uses (``REDIS_URL``); None: none (a
+            cluster test gives ``REDIS_CLUSTER_URL`` in ``env``).
         log_dir: directory for each process's log file.
         env: extra environment variables (e.g. ``TIMER_SHARDS``).
     """
@@ -216,9 +242,11 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
-        self.env = dict(clean_environ(), REDIS_URL=redis_url, PORT=str(self.port), HOST="127.0.0.1",
+        self.env = dict(clean_environ(), PORT=str(self.port), HOST="127.0.0.1",
                         TIMER_API_WORKERS="2", TIMER_RECOVERY_INTERVAL_SECONDS="1",
                         TIMER_DATA_DIR=log_dir, PYTHONPATH=ROOT)
+        if redis_url:
+            self.env["REDIS_URL"] = redis_url
         self.env.update(env or {})
         self.processes = {}
 

@@ -80,6 +80,19 @@ class TimerConsumer(Consumer):
         return Feeder(self.huey, self.stop_flag, **self.feeder_options)
 
 
+def _open_shard(store, index):
+    """``store.shard(index)``, retried with backoff while Redis does not answer (on a
+    cluster the shard's tag is read from it; one server needs no round trip)."""
+    delay = 0.05
+    while True:
+        try:
+            return store.shard(index)
+        except REDIS_ERRORS as exc:
+            logging.getLogger("workers.consumer").info("waiting for redis", extra={"error": str(exc)})
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 def main(argv=None):
     """Entry point: ``python -m workers.consumer SHARD``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -93,7 +106,7 @@ def main(argv=None):
         lambda record: not str(record.msg).startswith("Scheduler runs every"))
     settings = config.load()
     store = settings.store()
-    shard = store.shard(index)
+    shard = _open_shard(store, index)
     sender = Sender(settings.webhook_timeout_seconds, settings.webhook_deny_networks,
                     settings.webhook_secrets)
     tasks.register(shard.huey, store, sender, settings)
