@@ -241,7 +241,9 @@ class TimerCollection:
         except NotReplicated as exc:
             # Stored on the master, not (yet) on its replicas: 503, and with an
             # Idempotency-Key the response is kept for the retry to confirm.
+            # The shard is left out for a moment, as when its server fails.
             exc.response = _created_response(*exc.created)
+            self.balancer.failed(shard)
             raise
         except REDIS_ERRORS:
             # Its server failed (a master down, being failed over): the next
