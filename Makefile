@@ -1,4 +1,5 @@
 # make run  - install requirements.txt into .venv and start the service (honcho)
+# make run-cluster - the same on a local Redis Cluster (3 masters + 3 replicas in TIMER_DATA_DIR/cluster)
 # make test - install requirements-dev.txt into .venv and run the test suite
 # make bench / make bench-quick - install requirements-dev.txt and requirements-bench.txt,
 #   then run the benchmarks (full: at most 15 min; quick: at most 90 s; BENCH_SCALE=tiny: ~30 s)
@@ -6,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run test lint bench bench-quick
+.PHONY: run run-cluster test lint bench bench-quick
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,12 @@ $(VENV)/.bench-deps: requirements-bench.txt $(VENV)/.dev-deps
 # The API is the first Procfile entry, so honcho gives it PORT itself.
 run: $(VENV)/.run-deps
 	PATH="$(BIN):$$PATH" exec $(BIN)/honcho start -f Procfile -p "$${PORT:-8000}"
+
+# The local cluster's first node is TIMER_CLUSTER_PORT (7000); its six nodes use that port + 0..5
+# and their cluster bus ports + 10000.
+run-cluster: $(VENV)/.run-deps
+	PATH="$(BIN):$$PATH" REDIS_CLUSTER_URL="redis://127.0.0.1:$${TIMER_CLUSTER_PORT:-7000}" \
+		exec $(BIN)/honcho start -f Procfile.cluster -p "$${PORT:-8000}"
 
 test: $(VENV)/.dev-deps
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest

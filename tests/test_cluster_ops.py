@@ -6,6 +6,7 @@ Each test starts a service of its own on the session's cluster (emptied first).
 """
 
 import collections
+import re
 import subprocess
 import sys
 import threading
@@ -85,6 +86,18 @@ def test_without_enough_replicas_a_create_is_503_and_a_retry_with_its_key_makes_
     again = requests.post(f"{service.url}/timers", json=body, headers=headers, timeout=10)
     assert again.status_code == 503, again.text
     shards = requests.get(f"{service.url}/shards", timeout=10).json()["shards"]
+    assert sum(s["scheduled"] for s in shards) == 1
+    timer_id = int(re.search(r"timer (\d+)", first.json()["description"]).group(1))
+    service.stop()
+    # With a replica enough, the retry confirms that timer: its 201, no other timer.
+    one = cluster_service({**SIX, "TIMER_REDIS_WAIT_REPLICAS": "1"}).start("api")
+    confirmed = requests.post(f"{one.url}/timers", json=body, headers=headers, timeout=10)
+    assert confirmed.status_code == 201, confirmed.text
+    assert confirmed.json()["id"] == timer_id
+    assert confirmed.headers["Idempotent-Replayed"] == "true"
+    replayed = requests.post(f"{one.url}/timers", json=body, headers=headers, timeout=10)
+    assert (replayed.status_code, replayed.json()["id"]) == (201, timer_id)
+    shards = requests.get(f"{one.url}/shards", timeout=10).json()["shards"]
     assert sum(s["scheduled"] for s in shards) == 1
 
 
