@@ -325,7 +325,7 @@ class Ready:
     """``GET /readyz``: 200 when Redis answers PING within 0.5 s, else 503.
 
     Args:
-        topology: the store's ``sharding.topology`` (on a cluster PING goes to every node).
+        topology: the store's ``sharding.topology`` (on a cluster PING goes to every master).
     """
 
     def __init__(self, topology):

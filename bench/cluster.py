@@ -7,8 +7,9 @@ Run: ``python -m bench.cluster [--timers N] [--memory N] [--backlog N]``. It sta
 * ``create``: ``TimerStore.create`` one by one from 4 threads: on one server
   one round trip, on the cluster two (reserve the id, then create), and
   on the cluster with ``TIMER_REDIS_WAIT_REPLICAS=1`` (the second round trip
-  also waits for the replica): microseconds per create (median latency) and
-  Redis CPU per create (``INFO cpu`` of the masters; replicas not counted);
+  also waits for the replica): microseconds per create (median latency),
+  Redis CPU per create (``INFO cpu`` of the masters; replicas not counted)
+  and the client's CPU per create (this process: what an API host pays);
 * ``memory``: ``used_memory`` growth per pending timer (due in 1 h), in total
   and per server;
 * ``webhook``: Redis CPU per delivered webhook (feed, claim, record the
@@ -67,12 +68,13 @@ def bench_create(store, infos, count):
     """
     store.register_shards(SHARDS)
     _create_many(store, 200)  # connections and scripts loaded
-    before = _cpu_s(infos("cpu"))
+    before, client_before = _cpu_s(infos("cpu")), time.process_time()
     latencies = _create_many(store, count)
-    after = _cpu_s(infos("cpu"))
+    after, client_after = _cpu_s(infos("cpu")), time.process_time()
     return {"creates": count, "latency_median_us": round(statistics.median(latencies) * 1e6),
             "latency_p99_us": round(sorted(latencies)[int(len(latencies) * 0.99)] * 1e6),
-            "redis_cpu_ms_per_create": round((after - before) * 1000 / count, 4)}
+            "redis_cpu_ms_per_create": round((after - before) * 1000 / count, 4),
+            "client_cpu_ms_per_create": round((client_after - client_before) * 1000 / count, 4)}
 
 
 class Target:

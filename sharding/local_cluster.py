@@ -126,6 +126,31 @@ class LocalCluster:
                 return False
         return True
 
+    def move_slot(self, slot, target_port, batch=100):
+        """Move hash slot ``slot`` and its keys to the master on ``target_port``, while it serves.
+
+        The steps ``redis-cli --cluster reshard`` takes for each slot (Redis
+        Cluster specification, "Live resharding"): the target imports, the
+        source migrates, keys go over with ``MIGRATE`` in batches (clients
+        meanwhile get ``ASK`` for moved keys and ``TRYAGAIN`` for commands
+        over moved and unmoved keys), then every master learns the new owner
+        (clients then get ``MOVED``).
+        """
+        source_port = self.owner(slot)
+        source, target = self.client(source_port), self.client(target_port)
+        source_id, target_id = source.cluster("myid"), target.cluster("myid")
+        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+        for port in self.masters():
+            self.client(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
+    def owner(self, slot):
+        """Port of the master serving hash slot ``slot`` (from ``CLUSTER SLOTS``)."""
+        ranges = self.client(self.masters()[0]).execute_command("CLUSTER SLOTS")
+        return next(int(master[1]) for start, end, master, *_ in ranges if start <= slot <= end)
+
     def masters(self):
         """Ports of the nodes that are masters now, sorted."""
         return sorted(p for p in self.ports if self._alive(p) and self._role(p) == "master")

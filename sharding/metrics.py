@@ -26,6 +26,8 @@ from prometheus_client import (  # noqa: E402 - needs PROMETHEUS_MULTIPROC_DIR f
 )
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
+from sharding.topology import REDIS_ERRORS  # noqa: E402
+
 TIMER_CREATED = Counter("timer_created", "Timers created through the API.")
 TIMER_FIRED = Counter("timer_fired", "Timers whose webhook got a 2xx.")
 WEBHOOK_ATTEMPTS = Counter("timer_webhook_attempts", "Webhook delivery attempts by outcome "
@@ -51,10 +53,18 @@ class ShardDepthCollector:
         self.count = count
 
     def collect(self):
-        """Yield one gauge family with a sample per shard."""
+        """Yield one gauge family with a sample per shard whose Redis answers.
+
+        A shard whose server fails (a cluster master being failed over) has no
+        sample in this scrape; the other metrics are still served.
+        """
         family = GaugeMetricFamily("timer_shard_depth", "Pending plus in-flight timers per shard.",
                                    labels=["shard"])
-        for index, (pending, in_flight) in enumerate(self.store.loads(list(range(self.count)))):
+        for index in range(self.count):
+            try:
+                (pending, in_flight), = self.store.loads([index])
+            except REDIS_ERRORS:
+                continue
             family.add_metric([str(index)], pending + in_flight)
         yield family
 

@@ -39,9 +39,10 @@ _TAGS_LOCK = "timers:tags:lock"
 # with M masters a random slot misses a given one with probability (1-1/M).
 _TAG_CANDIDATES = 1000
 _TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 5}
-# A write seen answered with a redirect is retried this many times (the slot map is
-# re-read first): enough for a slot that moved once while the request ran.
-_REDIRECT_RETRIES = 2
+# A write answered with a redirect is retried this many times, the slot map re-read
+# first and the waits doubling from 50 ms (0.75 s in all): a slot that moved is
+# found at once; a slot being moved (ASK, TRYAGAIN) often has finished by then.
+_REDIRECT_RETRIES = 4
 # MovedError is an AskError.
 _REDIRECTS = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
@@ -222,7 +223,7 @@ class Cluster:
                 if attempt == _REDIRECT_RETRIES:
                     raise
                 self._reload_slots()
-                time.sleep(0.05 * attempt)
+                time.sleep(0.05 * 2 ** attempt)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 # The write may have run: never resent (a create would make a second
                 # timer). The next request finds the promoted replica.
@@ -237,15 +238,15 @@ class Cluster:
             pass  # no node answered: the cluster client tries again on its next command
 
     def ping(self):
-        """The readiness check: every node answers PING within 0.5 s.
+        """The readiness check: every master answers PING within 0.5 s.
 
         Raises:
-            REDIS_ERRORS: a node did not answer, or none did.
+            REDIS_ERRORS: a master did not answer, or no node did.
         """
         if self._ready is None:
             self._ready = redis.cluster.RedisCluster.from_url(self.url, socket_timeout=0.5,
                                                               socket_connect_timeout=0.5)
-        return self._ready.ping()
+        return self._ready.ping(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
 
 
 def connect(url, cluster=False):

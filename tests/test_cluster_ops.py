@@ -159,8 +159,54 @@ class _Stream:
             thread.join(20)
 
     def since(self, moment):
+        """The answers (monotonic s, status, timer id) from ``moment`` on."""
         with self.lock:
             return [a for a in self.answers if a[0] >= moment]
+
+    def shards_created(self, moment):
+        """The shards that took a create (201) from ``moment`` on."""
+        return {home_shard(t) for _, status, t in self.since(moment) if status == 201}
+
+
+def _every_one_fired(service, receiver, acknowledged):
+    """Wait until each acknowledged timer's webhook arrived and the queues are empty;
+    returns the webhooks per id (a Counter)."""
+    wanted = {str(t) for t in acknowledged}
+    wait_until(lambda: set(_webhooks(receiver, acknowledged)) == wanted and settled(service), timeout=60,
+               message="every acknowledged timer to fire")
+    return _webhooks(receiver, acknowledged)
+
+
+def test_moving_a_shards_slot_while_it_serves_loses_nothing(cluster_service, receiver, redis_cluster,
+                                                             figures):
+    service = cluster_service(SIX).start()
+    consumers_ready(service, count=6)
+    store = TimerStore(redis_cluster.url, cluster=True, live_shards=6)
+    store.register_shards(6)
+    slot = store.control.keyslot(store.shard(0).tag)
+    home = redis_cluster.owner(slot)
+    elsewhere = next(p for p in redis_cluster.masters() if p != home)
+    with _Stream(service, f"{receiver.url}/hook") as stream:
+        # Some of them still pending (and their keys on the move) while the slot moves.
+        wait_until(lambda: len(stream.since(0)) >= 60, timeout=30, message="creates before the move")
+        moved_at = time.monotonic()
+        redis_cluster.move_slot(slot, elsewhere)
+        done_at = time.monotonic()
+        wait_until(lambda: 0 in stream.shards_created(done_at), timeout=30,
+                   message="a create on the moved shard")
+        wait_until(lambda: len(stream.since(done_at)) >= 60, timeout=30, message="creates after the move")
+    assert redis_cluster.owner(slot) == elsewhere
+    answers = stream.since(0)
+    acknowledged = {t for _, status, t in answers if status == 201}
+    assert {status for _, status, _ in answers} <= {201, 503}, collections.Counter(a[1] for a in answers)
+    webhooks = _every_one_fired(service, receiver, acknowledged)
+    assert {service.get(t)["status"] for t in acknowledged if home_shard(t) == 0} == {"fired"}
+    figures.append(
+        f"cluster resharding (shard 0's slot {slot} moved {home} -> {elsewhere} in "
+        f"{done_at - moved_at:.2f} s while creating): acknowledged {len(acknowledged)}, delivered "
+        f"{len(webhooks)}, duplicates {sum(n - 1 for n in webhooks.values())}, 5xx "
+        f"{sum(1 for a in answers if a[1] != 201)} of {len(answers)} answers")
+    redis_cluster.move_slot(slot, home)  # back: later tests count two shards per master
 
 
 def test_kill_9_of_a_master_during_creates_every_acknowledged_timer_fires(
@@ -187,10 +233,7 @@ def test_kill_9_of_a_master_during_creates_every_acknowledged_timer_fires(
             # succeeds on the failed master's shards only once it is back.
             redis_cluster.start_node(victim)
 
-        def back_on_every_shard():
-            created = {home_shard(t) for _, status, t in stream.since(promoted_at) if status == 201}
-            return victim_shards <= created
-        wait_until(back_on_every_shard, timeout=60, interval=0.1,
+        wait_until(lambda: victim_shards <= stream.shards_created(promoted_at), timeout=60, interval=0.1,
                    message="creates to succeed again on the failed master's shards")
         recovered_at = max(min(at for at, status, t in stream.since(promoted_at)
                                if status == 201 and home_shard(t) == shard) for shard in victim_shards)
@@ -201,11 +244,8 @@ def test_kill_9_of_a_master_during_creates_every_acknowledged_timer_fires(
     # The other masters' shards kept taking creates; nothing but 201 and 503 was answered.
     assert set(range(6)) - victim_shards <= {home_shard(t) for _, status, t in during if status == 201}
     assert {status for _, status, _ in answers} <= {201, 503}, collections.Counter(a[1] for a in answers)
-    wait_until(lambda: set(_webhooks(receiver, acknowledged)) == {str(t) for t in acknowledged},
-               timeout=60, message="every acknowledged timer to fire")
     redis_cluster.wait_ok()
-    wait_until(lambda: settled(service), timeout=30, message="queues to drain")
-    webhooks = _webhooks(receiver, acknowledged)
+    webhooks = _every_one_fired(service, receiver, acknowledged)
     figures.append(
         f"cluster failover (kill -9 of master {victim}, TIMER_REDIS_WAIT_REPLICAS=1, 4 client threads): "
         f"acknowledged {len(acknowledged)}, delivered {len(webhooks)}, "
