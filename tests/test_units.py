@@ -8,10 +8,13 @@ import itertools
 
 import falcon
 import pytest
+import redis
 
 from api.resources import rfc3339_ms, time_left_s
 from api.validation import MAX_URL_LENGTH, FieldError, parse_create
-from sharding.balancer import LeastBusy
+from sharding import config
+from sharding.balancer import LeastBusy, NoShardAvailable
+from sharding.config import ConfigError
 from sharding.queues import MAX_TIMERS_PER_MESSAGE, message_for, timers_of
 from sharding.store import home_shard
 from workers.delivery import backoff_s, classify, parse_retry_after, webhook_url
@@ -262,6 +265,75 @@ def test_least_busy_refresh_error_propagates():
     balancer = LeastBusy(broken, 4, clock=FakeClock())
     with pytest.raises(ConnectionError):
         balancer.choose()
+
+
+class FlakyDepths(FakeDepths):
+    """FakeDepths whose shards in ``down`` fail as their Redis would."""
+
+    def __init__(self, depths, down):
+        super().__init__(depths)
+        self.down = set(down)
+
+    def __call__(self, indexes):
+        self.calls.append(list(indexes))
+        if self.down & set(indexes):
+            raise redis.exceptions.ConnectionError("master down")
+        return [self.depths[i] for i in indexes]
+
+
+def test_least_busy_skips_a_shard_whose_depth_read_fails_until_down_s_passed():
+    read = FlakyDepths([(0, 0, 0), (5, 0, 0), (5, 0, 0)], down={0})
+    clock = FakeClock()
+    balancer = LeastBusy(read, 3, refresh_s=0.25, down_s=1.0, clock=clock)
+    assert {balancer.choose() for _ in range(10)} == {1, 2}
+    # The whole read failed, then each shard was read on its own.
+    assert read.calls == [[0, 1, 2], [0], [1], [2]]
+    clock.now += 0.5
+    read.down.clear()
+    assert balancer.choose() in (1, 2)  # refreshed, but shard 0 is still left out
+    assert read.calls[-1] == [1, 2]
+    clock.now += 0.5
+    assert balancer.choose() == 0  # back: emptiest
+    assert read.calls[-1] == [0, 1, 2]
+
+
+def test_least_busy_leaves_out_a_shard_whose_create_failed_for_down_s():
+    read = FakeDepths([(0, 0, 0), (3, 0, 0)])
+    clock = FakeClock()
+    balancer = LeastBusy(read, 2, down_s=1.0, clock=clock)
+    balancer.failed(0)
+    assert [balancer.choose() for _ in range(4)] == [1, 1, 1, 1]
+    clock.now += 1.0
+    assert balancer.choose() == 0
+
+
+def test_least_busy_with_every_shard_down_raises_no_shard_available():
+    balancer = LeastBusy(FlakyDepths([(0, 0, 0)] * 2, down={0, 1}), 2, clock=FakeClock())
+    with pytest.raises(NoShardAvailable):
+        balancer.choose()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"REDIS_URL": "redis://a:6379", "REDIS_CLUSTER_URL": "redis://b:6379"}, "are both set"),
+    ({"REDIS_CLUSTER_URL": "unix:///tmp/r.sock"}, "must be a redis:// or rediss:// URL"),
+    ({"TIMER_REDIS_WAIT_REPLICAS": "-1"}, "TIMER_REDIS_WAIT_REPLICAS=-1 must be >= 0"),
+])
+def test_cluster_settings_refused(monkeypatch, env, message):
+    for name in ("REDIS_URL", "REDIS_CLUSTER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        config.load()
+
+
+def test_cluster_settings_accepted(monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("REDIS_CLUSTER_URL", "rediss://svc:pw@node1:6379")
+    monkeypatch.setenv("TIMER_REDIS_WAIT_REPLICAS", "1")
+    settings = config.load()
+    assert (settings.redis_cluster_url, settings.wait_replicas, settings.external_redis) == (
+        "rediss://svc:pw@node1:6379", 1, True)
 
 
 # --- sharding.queues messages -----------------------------------------------------------------------
