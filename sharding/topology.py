@@ -14,7 +14,7 @@ differs between the two, so no other module tests which one it runs on:
   script touches in ``KEYS``, so the id is reserved first (``reserve_id.lua``)
   and the create script then declares the record key (two round trips);
 * the node a shard's writes go to, for ``WAIT`` on the connection of the
-  write (redis-py's cluster client sends ``WAIT`` to a random node), and what
+  write (redis-py's cluster client sends ``WAIT`` to a node of its own choosing), and what
   to do on a redirect (``MOVED``/``ASK``/``TRYAGAIN``) seen on that connection.
 
 Errors: :data:`REDIS_ERRORS` are what a caller catches where it caught
