@@ -42,24 +42,12 @@ class IdempotencyKeys:
     """Stored responses by idempotency key.
 
     Args:
-        store: ``sharding.store.TimerStore``, whose control client holds the keys
-            (used from the first request on: a cluster may not answer yet at start-up).
+        client: redis-py client (the store's control connection).
     """
 
-    def __init__(self, store):
-        self._store = store
-        self._scripts = None
-
-    @property
-    def client(self):
-        """The store's control client."""
-        return self._store.control
-
-    def _script(self, name):
-        if self._scripts is None:
-            self._scripts = dict(zip(("begin", "abandon"), scripts.register(
-                self.client, "idempotency_begin", "idempotency_abandon"), strict=True))
-        return self._scripts[name]
+    def __init__(self, client):
+        self.client = client
+        self._begin, self._abandon = scripts.register(client, "idempotency_begin", "idempotency_abandon")
 
     @staticmethod
     def _redis_key(scope, key):
@@ -78,8 +66,7 @@ class IdempotencyKeys:
             falcon.HTTPConflict: the first request with this key is in flight.
             falcon.HTTPUnprocessableEntity: the key was used with another body.
         """
-        res = self._script("begin")(keys=[self._redis_key(scope, key)],
-                                    args=[body_fingerprint, PENDING_TTL_S])
+        res = self._begin(keys=[self._redis_key(scope, key)], args=[body_fingerprint, PENDING_TTL_S])
         state = res[0].decode()
         if state == "new":
             return None
@@ -103,4 +90,4 @@ class IdempotencyKeys:
 
     def abandon(self, scope, key, body_fingerprint):
         """Forget a key whose first request failed, so that a retry may run."""
-        self._script("abandon")(keys=[self._redis_key(scope, key)], args=[body_fingerprint])
+        self._abandon(keys=[self._redis_key(scope, key)], args=[body_fingerprint])

@@ -169,8 +169,16 @@ class TimerCollection:
         self.store = store
         self.balancer = balancer
         self.settings = settings
-        self.idempotency = IdempotencyKeys(store)
+        self._idempotency = None
         self._registered = False
+
+    @property
+    def idempotency(self):
+        """The ``IdempotencyKeys`` on the store's control client, made at the first keyed
+        request (a cluster may not answer yet when the app is built)."""
+        if self._idempotency is None:
+            self._idempotency = IdempotencyKeys(self.store.control)
+        return self._idempotency
 
     def on_post(self, req, resp):
         """Create a timer: 201 with ``Location`` and the timer; replays under ``Idempotency-Key``."""

@@ -109,7 +109,8 @@ def main():
     """Entry point: run Redis in the foreground until SIGTERM/SIGINT."""
     settings, stop = process.start("redis")
     if settings.external_redis:
-        log.info("REDIS_URL or REDIS_CLUSTER_URL is set; not starting an embedded Redis")
+        name = "REDIS_URL" if settings.redis_url else "REDIS_CLUSTER_URL"
+        log.info(f"{name} is set; not starting an embedded Redis")
         stop.wait()
         return
     os.makedirs(settings.data_dir, exist_ok=True)
