@@ -63,7 +63,7 @@ def server_command(binary, data_dir, socket_path=None, port=0):
     return command
 
 
-def _drain(url, deadline):
+def drain(url, deadline):
     """Wait until no other client is connected to Redis, or ``deadline`` (monotonic s)."""
     client = redis.Redis.from_url(url, socket_timeout=1)
     while time.monotonic() < deadline:
@@ -131,7 +131,7 @@ def main():
         if server.poll() is not None:
             log.error("embedded redis exited", extra={"returncode": server.returncode})
             raise SystemExit(server.returncode or 1)
-    _drain(settings.effective_redis_url(), time.monotonic() + settings.shutdown_seconds + 1)
+    drain(settings.effective_redis_url(), time.monotonic() + settings.shutdown_seconds + 1)
     server.terminate()
     server.wait()
     lock.close()

