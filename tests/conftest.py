@@ -4,7 +4,7 @@ services per test."""
 import pytest
 
 from sharding.local_cluster import LocalCluster
-from tests.harness import Receiver, RedisServer, Service, consumers_ready, free_cluster_port
+from tests.harness import Receiver, RedisServer, Service, consumers_ready, empty_cluster, free_cluster_port
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +38,7 @@ def redis_cluster(tmp_path_factory):
 def cluster_service(redis_cluster, receiver, tmp_path):
     """Factory on the session's cluster, emptied first: ``cluster_service(env={...})`` →
     a :class:`tests.harness.Service` with ``REDIS_CLUSTER_URL`` (not started)."""
-    redis_cluster.wait_ok()
-    for port in redis_cluster.masters():
-        redis_cluster.client(port).flushall()
+    empty_cluster(redis_cluster)
     receiver.reset()
     made = []
 

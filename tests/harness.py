@@ -49,6 +49,14 @@ def free_cluster_port(nodes=6):
     raise RuntimeError("no free port range for a local cluster")
 
 
+def empty_cluster(cluster):
+    """Wait until ``cluster`` (a ``sharding.local_cluster.LocalCluster``) is healthy, then
+    empty every master (replicas follow)."""
+    cluster.wait_ok()
+    for port in cluster.masters():
+        cluster.client(port).flushall()
+
+
 def _bindable(port):
     with socket.socket() as sock:
         try:

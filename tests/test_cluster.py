@@ -13,7 +13,7 @@ import requests
 
 from sharding.store import TimerStore, home_shard
 from sharding.topology import TAGS_KEY
-from tests.harness import Service, consumers_ready, wait_until
+from tests.harness import Service, consumers_ready, empty_cluster, wait_until
 from tests.test_delivery import settled, wait_status
 
 SHARDS = 6
@@ -22,9 +22,7 @@ SHARDS = 6
 @pytest.fixture(scope="module")
 def on_cluster(redis_cluster, tmp_path_factory):
     """The whole service on the cluster, 6 shards, every consumer started."""
-    redis_cluster.wait_ok()
-    for port in redis_cluster.masters():
-        redis_cluster.client(port).flushall()
+    empty_cluster(redis_cluster)
     service = Service(None, str(tmp_path_factory.mktemp("on-cluster")), {
         "REDIS_CLUSTER_URL": redis_cluster.url, "TIMER_SHARDS": str(SHARDS), "TIMER_WORKERS_PER_SHARD": "1"})
     try:
