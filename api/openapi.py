@@ -29,6 +29,13 @@ _NOT_FOUND = _error("No timer with this id (unknown or malformed).", "Timer not 
 _UNAVAILABLE = {**_error("Redis did not answer.", "Timer store unavailable",
                          "Redis did not answer: ConnectionError"),
                 "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+_CREATE_UNAVAILABLE = {
+    **_error("Redis did not answer; or, with TIMER_REDIS_WAIT_REPLICAS, the replicas of the new "
+             "timer's shard did not acknowledge it within 1 s (title \"Timer not yet replicated\"): "
+             "it is stored and may fire, so retry with the same Idempotency-Key, which returns "
+             "that timer once its replicas hold it and never creates a second one.",
+             "Timer store unavailable", "Redis did not answer: ConnectionError"),
+    "headers": _UNAVAILABLE["headers"]}
 _REQUEST_ID = {"X-Request-ID": {"description": "The request id (the client's, or a new one).",
                                 "schema": {"type": "string"}}}
 _TIMER_ID = {"name": "id", "in": "path", "required": True,
@@ -93,7 +100,7 @@ def document():
                         "422": _error("Idempotency-Key reused with another body.",
                                       "Idempotency-Key reused",
                                       "this Idempotency-Key was used with a different request body"),
-                        "503": _UNAVAILABLE,
+                        "503": _CREATE_UNAVAILABLE,
                     },
                 },
                 "get": {
