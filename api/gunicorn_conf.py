@@ -9,12 +9,12 @@ import os as _os
 from gunicorn import glogging as _glogging
 from gunicorn import util as _util
 
-from sharding import config as _config
 from sharding import logs as _logs
 from sharding import metrics as _metrics
 from sharding import process as _process
 
-_settings = _config.load()
+# An invalid configuration stops gunicorn with one JSON log line and status 2.
+_settings = _process.load_settings("api")
 
 # IPv6 literals need brackets in a bind address.
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host

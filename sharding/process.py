@@ -20,12 +20,7 @@ def start(component):
     Raises:
         SystemExit(2): the configuration is invalid (the error is logged).
     """
-    logs.setup(component)
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        log.error("invalid configuration", extra={"error": str(exc)})
-        raise SystemExit(2) from None
+    settings = load_settings(component)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -33,6 +28,22 @@ def start(component):
     # terminal sends it SIGHUP), SIGTERM reaches us through the parent's death.
     die_with_parent()
     return settings, stop
+
+
+def load_settings(component):
+    """Set up JSON logs for ``component`` and read the settings.
+
+    Returns:
+        ``sharding.config.Settings``.
+    Raises:
+        SystemExit(2): the configuration is invalid (logged as one JSON line).
+    """
+    logs.setup(component)
+    try:
+        return config.load()
+    except config.ConfigError as exc:
+        log.error("invalid configuration", extra={"error": str(exc)})
+        raise SystemExit(2) from None
 
 
 def die_with_parent():

@@ -16,7 +16,7 @@ import requests
 
 from sharding.store import TimerStore, home_shard
 from sharding.topology import TAGS_KEY
-from tests.harness import ROOT, clean_environ, consumers_ready, json_lines, wait_until
+from tests.harness import ROOT, Service, clean_environ, consumers_ready, json_lines, wait_until
 from tests.test_delivery import fire_at_epoch, settled
 
 SIX = {"TIMER_SHARDS": "6", "TIMER_WORKERS_PER_SHARD": "1"}
@@ -117,10 +117,10 @@ def test_shard_tags_spread_nine_shards_three_per_master_and_never_change(cluster
 def test_both_redis_urls_set_is_a_configuration_error_at_start_up(tmp_path):
     env = dict(clean_environ(), REDIS_URL="redis://127.0.0.1:1", REDIS_CLUSTER_URL="redis://127.0.0.1:2",
                TIMER_DATA_DIR=str(tmp_path), PYTHONPATH=ROOT)
-    for module in ("sharding.coordinator", "workers.pool", "sharding.embedded_redis"):
-        done = subprocess.run([sys.executable, "-m", module], env=env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=30)
-        assert done.returncode == 2, (module, done.stderr)
+    for command in ([sys.executable, "-m", "sharding.coordinator"], [sys.executable, "-m", "workers.pool"],
+                    [sys.executable, "-m", "sharding.embedded_redis"], Service.COMMANDS["api"]):
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, (command, done.stderr)
         errors = [line for line in json_lines(done.stderr) if line.get("message") == "invalid configuration"]
         assert len(errors) == 1 and "REDIS_URL and REDIS_CLUSTER_URL are both set" in errors[0]["error"]
 
