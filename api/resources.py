@@ -246,17 +246,14 @@ class TimerCollection:
         try:
             timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
                                                           req.context.request_id)
-        except NotReplicated as exc:
-            # Stored on the master, not (yet) on its replicas: 503, and with an
-            # Idempotency-Key the response is kept for the retry to confirm.
-            # The shard is left out for a moment, as when its server fails.
-            exc.response = _created_response(*exc.created)
+        except REDIS_ERRORS as exc:
+            # Its server failed (a master down, being failed over) or did not
+            # replicate in time: the next creates go to the other shards for a moment.
             self.balancer.failed(shard)
-            raise
-        except REDIS_ERRORS:
-            # Its server failed (a master down, being failed over): the next
-            # creates go to the other shards for a moment.
-            self.balancer.failed(shard)
+            if isinstance(exc, NotReplicated):
+                # Stored on the master, not (yet) on its replicas: 503, and with an
+                # Idempotency-Key the response is kept for the retry to confirm.
+                exc.response = _created_response(*exc.created)
             raise
         metrics.TIMER_CREATED.inc()
         # DEBUG: a JSON line per create costs a third of the request's CPU (docs/BENCHMARKS.md).
