@@ -41,6 +41,8 @@ TIMER_EXAMPLE = {"id": 287533320123002, "time_left": 345, "status": "scheduled",
 PAYLOAD_TIMER_EXAMPLE = {**TIMER_EXAMPLE, "fire_at": "2026-12-24T17:00:00.000Z",
                          "body": '{"order": 42}', "content_type": "application/json",
                          "headers": {"Authorization": "<redacted>"}}
+# RFC 9110 section 5.6.2 token, in the ECMA-262 regex dialect of JSON Schema.
+_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _DURATION = {"hours": {"type": "integer", "minimum": 0, "default": 0},
              "minutes": {"type": "integer", "minimum": 0, "default": 0},
              "seconds": {"type": "integer", "minimum": 0, "default": 0}}
@@ -152,7 +154,8 @@ def document():
                                 "content": _json(timer_ref, TIMER_EXAMPLE)},
                         "400": _BAD_REQUEST, "401": _UNAUTHORIZED, "404": _NOT_FOUND,
                         "409": _error("Not scheduled or retrying (firing, fired, failed or cancelled).",
-                                      "Timer cannot be rescheduled", "timer 287533320123002 is already fired"),
+                                      "Timer cannot be rescheduled",
+                                      "timer 287533320123002 is already fired"),
                         "413": _error("Body over 64 KiB.", "Content Too Large",
                                       "the body must be at most 65536 bytes"),
                         "415": _error("Content-Type is not application/json.", "Unsupported Media Type",
@@ -217,7 +220,7 @@ def document():
                                  "description": "Sent as the webhook's body, UTF-8, at most 16 KiB (16384 "
                                                 "bytes) in UTF-8; signed with it. Shown back as given."},
                         "content_type": {"type": "string", "maxLength": 255, "example": "application/json",
-                                         "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+",
+                                         "pattern": f"^{_TOKEN}/{_TOKEN}",
                                          "description": "Media type of the body (default with a body: "
                                                         "text/plain; charset=utf-8)."},
                         "headers": {"$ref": "#/components/schemas/WebhookHeaders"}},
@@ -233,7 +236,7 @@ def document():
                     "description": "`fire_at`, or a delay hours*3600 + minutes*60 + seconds from now."},
                 "WebhookHeaders": {
                     "type": "object", "maxProperties": 20,
-                    "propertyNames": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+                    "propertyNames": {"pattern": f"^{_TOKEN}$"},
                     "additionalProperties": {"type": "string", "maxLength": 1024,
                                              "pattern": "^([!-~]([ !-~]*[!-~])?)?$"},
                     "example": {"Authorization": "Bearer abc123"},

@@ -7,6 +7,7 @@ document promises for the timer operations.
 """
 
 import collections
+import functools
 import time
 
 import pytest
@@ -29,7 +30,8 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"
 MAX_EXAMPLES = 25
 # schemathesis leaves out the operation that serves the schema it loaded (GET /openapi.json).
 EXPECTED_OPERATIONS = ["POST /timers", "GET /timers", "GET /timers/{id}", "PATCH /timers/{id}",
-                       "DELETE /timers/{id}", "GET /shards", "GET /healthz", "GET /readyz", "GET /metrics", "GET /docs"]
+                       "DELETE /timers/{id}", "GET /shards", "GET /healthz", "GET /readyz", "GET /metrics",
+                       "GET /docs"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
@@ -146,16 +148,16 @@ def test_every_documented_status_code_is_reachable(service, make_service, receiv
     expect("/timers/{id}", "delete", 409, requests.delete(f"{timers}/{fired}", timeout=TIMEOUT))
 
     # PATCH /timers/{id}: 200, 400, 404, 409 (a fired timer), 413, 415.
-    later = requests.post(timers, json={"url": hook, "hours": 1}, timeout=TIMEOUT).json()["id"]
-    expect("/timers/{id}", "patch", 200, requests.patch(f"{timers}/{later}", json={"hours": 2}, timeout=TIMEOUT))
-    expect("/timers/{id}", "patch", 400, requests.patch(f"{timers}/{later}", json={"url": hook}, timeout=TIMEOUT))
-    expect("/timers/{id}", "patch", 404, requests.patch(f"{timers}/999999999", json={"hours": 2},
-                                                        timeout=TIMEOUT))
-    expect("/timers/{id}", "patch", 409, requests.patch(f"{timers}/{fired}", json={"hours": 2}, timeout=TIMEOUT))
-    expect("/timers/{id}", "patch", 413, requests.patch(f"{timers}/{later}", data=too_large, timeout=TIMEOUT,
-                                                        headers={"Content-Type": "application/json"}))
-    expect("/timers/{id}", "patch", 415, requests.patch(f"{timers}/{later}", data=b"hours=2", headers=form,
-                                                        timeout=TIMEOUT))
+    moved = requests.post(timers, json={"url": hook, "hours": 1}, timeout=TIMEOUT).json()["id"]
+    later, done, unknown = (f"{timers}/{i}" for i in (moved, fired, 999999999))
+    patch = functools.partial(requests.patch, timeout=TIMEOUT)
+    expect("/timers/{id}", "patch", 200, patch(later, json={"hours": 2}))
+    expect("/timers/{id}", "patch", 400, patch(later, json={"url": hook}))
+    expect("/timers/{id}", "patch", 404, patch(unknown, json={"hours": 2}))
+    expect("/timers/{id}", "patch", 409, patch(done, json={"hours": 2}))
+    as_json = {"Content-Type": "application/json"}
+    expect("/timers/{id}", "patch", 413, patch(later, data=too_large, headers=as_json))
+    expect("/timers/{id}", "patch", 415, patch(later, data=b"hours=2", headers=form))
 
     # 503 from every operation of an API whose Redis is not there.
     dead = _start_on_dead_redis(make_service).url
