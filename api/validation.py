@@ -248,16 +248,12 @@ def parse_payload(body):
     Raises:
         FieldError: on ``body``, ``content_type``, ``headers`` or ``headers.<name>``.
     """
-    if not body.keys() & PAYLOAD_FIELDS:
-        return None
-    payload = Payload(_body(body), _content_type(body), _headers(body))
+    checks = {"body": _body, "content_type": _content_type, "headers": _headers}
+    payload = Payload(**{field: check(body[field]) for field, check in checks.items() if field in body})
     return None if payload == Payload() else payload
 
 
-def _body(body):
-    if "body" not in body:
-        return None
-    text = body["body"]
+def _body(text):
     if not isinstance(text, str):
         raise FieldError("body", "must be a string")
     try:
@@ -269,10 +265,7 @@ def _body(body):
     return text
 
 
-def _content_type(body):
-    if "content_type" not in body:
-        return None
-    value = body["content_type"]
+def _content_type(value):
     if not isinstance(value, str) or len(value) > MAX_CONTENT_TYPE or not _FIELD_VALUE.fullmatch(value):
         raise FieldError("content_type", f"must be a media type of at most {MAX_CONTENT_TYPE} visible "
                                          "ASCII characters, e.g. application/json")
@@ -283,10 +276,7 @@ def _content_type(body):
     return value
 
 
-def _headers(body):
-    if "headers" not in body:
-        return None
-    value = body["headers"]
+def _headers(value):
     if not isinstance(value, dict):
         raise FieldError("headers", "must be an object of header names to string values")
     if len(value) > MAX_HEADERS:

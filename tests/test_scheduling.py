@@ -15,7 +15,7 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.harness import Service, consumers_ready, wait_until
+from tests.harness import wait_until, whole_service
 from tests.test_delivery import fire_at_epoch, settled, wait_status
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -31,17 +31,9 @@ FORBIDDEN = ["Host", "Content-Length", "content-length", "Transfer-Encoding", "C
 @pytest.fixture(scope="module")
 def live(redis_server, tmp_path_factory):
     """The whole service with a webhook secret, every consumer started, shared by this module."""
-    if redis_server.process.poll() is not None:
-        redis_server.start()
-    redis_server.client().flushall()
-    service = Service(redis_server.url, str(tmp_path_factory.mktemp("scheduling")),
-                      {"TIMER_WEBHOOK_SECRET": SECRET})
-    try:
-        service.start()
-        consumers_ready(service)
+    with whole_service(redis_server, str(tmp_path_factory.mktemp("scheduling")),
+                       {"TIMER_WEBHOOK_SECRET": SECRET}) as service:
         yield service
-    finally:
-        service.stop(timeout=10)
 
 
 @pytest.fixture(autouse=True)
