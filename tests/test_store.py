@@ -157,9 +157,12 @@ def test_an_absolute_fire_time_is_kept_a_past_one_is_now_a_far_one_refused(store
 def test_reschedule_drops_a_queued_message_through_the_claims_early_check(store, redis_client):
     timer_id, _, _ = store.create("https://x.test/h", 0, 2)
     assert store.feed(2, 2, 30_000) == 1  # a message for it is on the queue now
+    shard = store.shard(2)
+    # A due time left on a scheduled record (none is today) must not outlive the new fire time.
+    redis_client.hset(shard.record_key(timer_id), "d", 1)
     status, record, now = store.reschedule(timer_id, delay_ms=60_000)
     assert (status, record["fire_at"], record["status"]) == ("rescheduled", now + 60_000, "scheduled")
-    shard = store.shard(2)
+    assert redis_client.hget(shard.record_key(timer_id), "d") is None
     assert redis_client.zscore(shard.due_key, timer_id) == now + 60_000
     [claim] = store.claim([timer_id], 10_000)
     assert (claim.status, claim.due_ms) == ("early", now + 60_000)

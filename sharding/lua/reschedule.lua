@@ -17,6 +17,9 @@ redis.call('HSET', record, 'f', fire)
 if st == 'retrying' then
   redis.call('HSET', record, 'd', fire)
   redis.call('ZADD', KEYS[3], fire, ARGV[1])
+else
+  -- A scheduled timer's next attempt is its first: due at the fire time.
+  redis.call('HDEL', record, 'd')
 end
 redis.call('ZADD', KEYS[1], fire, ARGV[1])
 return {'rescheduled', now, redis.call('HMGET', record, unpack(ARGV, 5))}
