@@ -112,7 +112,7 @@ def _record(fields):
 
 
 def _optional(number):
-    """A script argument for an optional integer: its decimal text, '' for None."""
+    """A script argument for an optional integer: the integer, or '' for None."""
     return "" if number is None else int(number)
 
 
@@ -289,8 +289,9 @@ class TimerStore:
 
         Returns:
             (record, now epoch ms), the record a dict with ``url``, ``fire_at``
-            (epoch ms), ``status``, ``attempts`` and ``last_error`` (None when
-            empty); ``(None, now)`` when there is no such timer.
+            (epoch ms), ``status``, ``attempts``, ``last_error`` (None when
+            empty) and ``payload`` (:class:`Payload`, None when it has none);
+            ``(None, now)`` when there is no such timer.
         """
         shard = self._home(timer_id)
         pipe = shard.redis.pipeline(transaction=False)
