@@ -72,7 +72,7 @@ def create_app(settings=None, store=None):
     app.add_error_handler(redis.exceptions.RedisError, _redis_unavailable)
     app.add_route("/timers", TimerCollection(store, balancer, settings))
     app.router_options.converters["timer_id"] = TimerIdConverter
-    app.add_route("/timers/{timer_id:timer_id}", TimerItem(store))
+    app.add_route("/timers/{timer_id:timer_id}", TimerItem(store, settings))
     app.add_route("/shards", Shards(store, settings))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(settings.effective_redis_url()))

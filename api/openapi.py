@@ -38,6 +38,21 @@ _AUTH = [{}, {"bearer": []}]
 TIMER_EXAMPLE = {"id": 287533320123002, "time_left": 345, "status": "scheduled",
                  "fire_at": "2026-11-29T17:30:00.000Z", "url": "https://example.com/hook",
                  "attempts": 0, "last_error": None}
+PAYLOAD_TIMER_EXAMPLE = {**TIMER_EXAMPLE, "fire_at": "2026-12-24T17:00:00.000Z",
+                         "body": '{"order": 42}', "content_type": "application/json",
+                         "headers": {"Authorization": "<redacted>"}}
+# RFC 9110 section 5.6.2 token, in the ECMA-262 regex dialect of JSON Schema.
+_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_DURATION = {"hours": {"type": "integer", "minimum": 0, "default": 0},
+             "minutes": {"type": "integer", "minimum": 0, "default": 0},
+             "seconds": {"type": "integer", "minimum": 0, "default": 0}}
+_FIRE_AT = {"type": "string", "format": "date-time", "example": "2026-12-24T18:00:00+01:00",
+            "description": "RFC 3339 date-time with an offset (`Z` or `+01:00`), instead of "
+                           "hours/minutes/seconds (giving both is a 400). A past time fires at once; more "
+                           "than TIMER_MAX_DELAY_SECONDS from now is a 400."}
+# fire_at excludes the duration fields (a 400 when both are given).
+_FIRE_AT_ALONE = {"dependentSchemas": {"fire_at": {"not": {"anyOf": [
+    {"required": ["hours"]}, {"required": ["minutes"]}, {"required": ["seconds"]}]}}}}
 
 
 def _json(schema, example=None):
@@ -56,7 +71,8 @@ def document():
             "title": SERVICE_NAME, "version": VERSION,
             "description": (
                 "Webhook timers: store a timer, read how many seconds are left, and at the fire "
-                "time the service sends `POST <url>/<id>` with an empty body and the headers "
+                "time the service sends `POST <url>/<id>` with an empty body (or the timer's `body`, "
+                "`content_type` and `headers`) and the headers "
                 "`webhook-id`, `webhook-timestamp`, `User-Agent` (and `webhook-signature` per "
                 "Standard Webhooks when `TIMER_WEBHOOK_SECRET` is set). Any 2xx is success; "
                 "connection errors, timeouts, 408, 429 and 5xx are retried with exponential "
@@ -119,9 +135,32 @@ def document():
                 "get": {
                     "summary": "Read a timer", "operationId": "getTimer", "security": _AUTH,
                     "parameters": [_TIMER_ID],
-                    "responses": {"200": {"description": "The timer.", "headers": _REQUEST_ID,
-                                          "content": _json(timer_ref, TIMER_EXAMPLE)},
+                    "responses": {"200": {"description": "The timer (here one created with a payload).",
+                                          "headers": _REQUEST_ID,
+                                          "content": _json(timer_ref, PAYLOAD_TIMER_EXAMPLE)},
                                   "401": _UNAUTHORIZED, "404": _NOT_FOUND, "503": _UNAVAILABLE},
+                },
+                "patch": {
+                    "summary": "Reschedule a scheduled or retrying timer", "operationId": "rescheduleTimer",
+                    "security": _AUTH, "parameters": [_TIMER_ID],
+                    "description": "A new `fire_at`, or `hours`/`minutes`/`seconds` from now. Atomic with "
+                                   "claims: of a reschedule and the timer firing, exactly one wins (200 "
+                                   "with the new time, or 409).",
+                    "requestBody": {"required": True, "content": _json(
+                        {"$ref": "#/components/schemas/TimerReschedule"},
+                        {"fire_at": "2026-12-24T18:00:00+01:00"})},
+                    "responses": {
+                        "200": {"description": "The rescheduled timer.", "headers": _REQUEST_ID,
+                                "content": _json(timer_ref, TIMER_EXAMPLE)},
+                        "400": _BAD_REQUEST, "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+                        "409": _error("Not scheduled or retrying (firing, fired, failed or cancelled).",
+                                      "Timer cannot be rescheduled",
+                                      "timer 287533320123002 is already fired"),
+                        "413": _error("Body over 64 KiB.", "Content Too Large",
+                                      "the body must be at most 65536 bytes"),
+                        "415": _error("Content-Type is not application/json.", "Unsupported Media Type",
+                                      "Content-Type must be application/json"),
+                        "503": _UNAVAILABLE},
                 },
                 "delete": {
                     "summary": "Cancel a timer", "operationId": "cancelTimer", "security": _AUTH,
@@ -172,14 +211,40 @@ def document():
                     "type": "object", "additionalProperties": False, "required": ["url"],
                     "properties": {
                         # JSON Schema counts 1.0 as an integer; the API refuses it (400).
-                        "hours": {"type": "integer", "minimum": 0, "default": 0},
-                        "minutes": {"type": "integer", "minimum": 0, "default": 0},
-                        "seconds": {"type": "integer", "minimum": 0, "default": 0},
+                        **_DURATION,
+                        "fire_at": _FIRE_AT,
                         "url": {"type": "string", "format": "uri", "maxLength": 2048,
                                 "pattern": "^[hH][tT][tT][pP][sS]?://[^\\s/?#]+[^\\s]*$",
-                                "description": "Absolute http or https URL with a host."}},
-                    "description": "Total delay hours*3600 + minutes*60 + seconds, at most "
-                                   "TIMER_MAX_DELAY_SECONDS (default 365 days)."},
+                                "description": "Absolute http or https URL with a host."},
+                        "body": {"type": "string", "maxLength": 16384,
+                                 "description": "Sent as the webhook's body, UTF-8, at most 16 KiB (16384 "
+                                                "bytes) in UTF-8; signed with it. Shown back as given."},
+                        "content_type": {"type": "string", "maxLength": 255, "example": "application/json",
+                                         "pattern": f"^{_TOKEN}/{_TOKEN}",
+                                         "description": "Media type of the body (default with a body: "
+                                                        "text/plain; charset=utf-8)."},
+                        "headers": {"$ref": "#/components/schemas/WebhookHeaders"}},
+                    **_FIRE_AT_ALONE,
+                    "description": "When: `fire_at`, or the total delay hours*3600 + minutes*60 + seconds "
+                                   "(default 0), at most TIMER_MAX_DELAY_SECONDS (default 365 days) from "
+                                   "now. What: an optional payload (body, content_type, headers) sent with "
+                                   "every attempt."},
+                "TimerReschedule": {
+                    "type": "object", "additionalProperties": False, "minProperties": 1,
+                    "properties": {**_DURATION, "fire_at": _FIRE_AT},
+                    **_FIRE_AT_ALONE,
+                    "description": "`fire_at`, or a delay hours*3600 + minutes*60 + seconds from now."},
+                "WebhookHeaders": {
+                    "type": "object", "maxProperties": 20,
+                    "propertyNames": {"pattern": f"^{_TOKEN}$"},
+                    "additionalProperties": {"type": "string", "maxLength": 1024,
+                                             "pattern": "^([!-~]([ !-~]*[!-~])?)?$"},
+                    "example": {"Authorization": "Bearer abc123"},
+                    "description": "Sent with the webhook: at most 20, RFC 9110 token names, values of "
+                                   "visible ASCII (inner spaces allowed), at most 1 KiB. Refused (400 naming "
+                                   "it): Host, Content-Length, Transfer-Encoding, Connection and the other "
+                                   "hop-by-hop fields, Content-Type (use content_type) and webhook-*. Values "
+                                   "are write-only: every view shows \"<redacted>\"."},
                 "Timer": {
                     "type": "object",
                     "required": ["id", "time_left", "status", "fire_at", "url", "attempts", "last_error"],
@@ -191,7 +256,13 @@ def document():
                         "fire_at": {"type": "string", "format": "date-time"},
                         "url": {"type": "string"},
                         "attempts": {"type": "integer", "minimum": 0},
-                        "last_error": {"type": ["string", "null"]}}},
+                        "last_error": {"type": ["string", "null"]},
+                        "body": {"type": "string", "description": "Only when created with a body."},
+                        "content_type": {"type": "string",
+                                         "description": "The webhook's Content-Type, when it has one."},
+                        "headers": {"type": "object", "additionalProperties": {"const": "<redacted>"},
+                                    "description": "Only when created with headers: the names, each "
+                                                   "value redacted."}}},
                 "TimerPage": {
                     "type": "object", "required": ["timers", "next_cursor"],
                     "properties": {"timers": {"type": "array", "items": timer_ref},

@@ -13,15 +13,17 @@ import falcon.media
 import redis
 
 from api.idempotency import IdempotencyKeys, check_key, fingerprint
-from api.validation import FieldError, parse_create
+from api.validation import FieldError, parse_create, parse_reschedule
 from sharding import metrics, queues
-from sharding.store import STATUSES, now_ms
+from sharding.store import STATUSES, BeyondMaxDelay, now_ms
 
 log = logging.getLogger("api")
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+# Header values may carry the receiver's credentials: write-only (shared/CONTRACT.md section 3).
+REDACTED = "<redacted>"
 
 def _no_duplicate_keys(pairs):
     keys = [key for key, _ in pairs]
@@ -55,8 +57,13 @@ def time_left_s(record, now):
 
 
 def timer_view(timer_id, record, now):
-    """The JSON representation of a timer (``shared/CONTRACT.md`` section 3)."""
-    return {
+    """The JSON representation of a timer (``shared/CONTRACT.md`` section 3).
+
+    A timer with a payload adds ``body`` (as given), ``content_type`` (the one
+    the webhook is sent with) and ``headers`` (each value :data:`REDACTED`),
+    each only when it has one.
+    """
+    view = {
         "id": timer_id,
         "time_left": time_left_s(record, now),
         "status": record["status"],
@@ -65,6 +72,20 @@ def timer_view(timer_id, record, now):
         "attempts": record["attempts"],
         "last_error": record["last_error"],
     }
+    payload = record.get("payload")
+    if payload is not None:
+        if payload.body is not None:
+            view["body"] = payload.body
+        if payload.media_type is not None:
+            view["content_type"] = payload.media_type
+        if payload.headers:
+            view["headers"] = dict.fromkeys(payload.headers, REDACTED)
+    return view
+
+
+def _beyond_max_delay(max_delay_seconds):
+    return FieldError("fire_at", f"must be at most {max_delay_seconds} seconds from now "
+                                 "(TIMER_MAX_DELAY_SECONDS)")
 
 
 def _too_large():
@@ -170,10 +191,10 @@ class TimerCollection:
     def on_post(self, req, resp):
         """Create a timer: 201 with ``Location`` and the timer; replays under ``Idempotency-Key``."""
         body = read_json_body(req)
-        delay_s, url = parse_create(body, self.settings.max_delay_seconds)
+        timer = parse_create(body, self.settings.max_delay_seconds)
         key = req.get_header("Idempotency-Key")
         if key is None:
-            response = self._create(req, delay_s, url)
+            response = self._create(req, timer)
         else:
             scope, digest = req.context.get("client", ""), fingerprint(body)
             stored = self.idempotency.begin(scope, check_key(key), digest)
@@ -182,7 +203,7 @@ class TimerCollection:
                 response = stored
             else:
                 try:
-                    response = self._create(req, delay_s, url)
+                    response = self._create(req, timer)
                 except Exception:
                     self.idempotency.abandon(scope, key, digest)
                     raise
@@ -191,17 +212,23 @@ class TimerCollection:
         resp.location = response["location"]
         resp.media = response["body"]
 
-    def _create(self, req, delay_s, url):
+    def _create(self, req, timer):
+        """Store ``timer`` (``api.validation.TimerRequest``); the response to send and to replay."""
         if not self._registered:
             # Lets a coordinator find these shards even after TIMER_SHARDS shrinks.
             self.store.register_shards(self.settings.shards)
             self._registered = True
         shard = self.balancer.choose()
-        timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
-                                                      req.context.request_id)
+        max_delay = self.settings.max_delay_seconds
+        try:
+            timer_id, record, created = self.store.create(
+                timer.url, timer.delay_s * 1000, shard, req.context.request_id, at_ms=timer.fire_at_ms,
+                max_delay_ms=max_delay * 1000, payload=timer.payload)
+        except BeyondMaxDelay:
+            raise _beyond_max_delay(max_delay) from None
         metrics.TIMER_CREATED.inc()
         # DEBUG: a JSON line per create costs a third of the request's CPU (docs/BENCHMARKS.md).
-        log.debug("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": delay_s})
+        log.debug("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": timer.delay_s})
         return {"status": 201, "location": f"/timers/{timer_id}",
                 "body": timer_view(timer_id, record, created)}
 
@@ -218,10 +245,11 @@ class TimerCollection:
 
 
 class TimerItem:
-    """``GET /timers/{id}`` reads a timer; ``DELETE`` cancels it."""
+    """``GET /timers/{id}`` reads a timer; ``PATCH`` reschedules it; ``DELETE`` cancels it."""
 
-    def __init__(self, store):
+    def __init__(self, store, settings):
         self.store = store
+        self.settings = settings
 
     @staticmethod
     def _not_found(timer_id):
@@ -232,6 +260,27 @@ class TimerItem:
         record, now = self.store.get(timer_id)
         if record is None:
             raise self._not_found(timer_id)
+        resp.media = timer_view(timer_id, record, now)
+
+    def on_patch(self, req, resp, timer_id):
+        """200 with the rescheduled timer; 409 unless scheduled or retrying; 404 when unknown.
+
+        Body ``{"fire_at": ...}`` or ``{"hours", "minutes", "seconds"}`` from now
+        (``shared/CONTRACT.md`` section 4), validated as on create.
+        """
+        max_delay = self.settings.max_delay_seconds
+        delay_s, fire_at_ms = parse_reschedule(read_json_body(req), max_delay)
+        try:
+            status, record, now = self.store.reschedule(timer_id, delay_s * 1000, fire_at_ms,
+                                                        max_delay * 1000)
+        except BeyondMaxDelay:
+            raise _beyond_max_delay(max_delay) from None
+        if status == "missing":
+            raise self._not_found(timer_id)
+        if record is None:
+            raise falcon.HTTPConflict(title="Timer cannot be rescheduled",
+                                      description=f"timer {timer_id} is already {status}")
+        log.info("timer rescheduled", extra={"timer_id": timer_id, "fire_at": record["fire_at"]})
         resp.media = timer_view(timer_id, record, now)
 
     def on_delete(self, req, resp, timer_id):

@@ -6,7 +6,9 @@ shard's keys share one Redis Cluster slot and one Lua script may touch them):
 * ``t:{ti}:<id>`` hash, the timer record. Short field names keep a
   million pending timers small: ``u`` url, ``f`` fire time, ``s`` status,
   ``a`` attempts (absent until the first claim), ``r`` request id, ``d`` due time of the next attempt
-  (absent: the fire time), ``l`` lease end, ``e`` last error, ``x`` finished.
+  (absent: the fire time), ``l`` lease end, ``e`` last error, ``x`` finished;
+  the optional payload, stored only when the timer was created with it:
+  ``b`` body, ``c`` content type, ``h`` headers (compact JSON object).
   Times are epoch milliseconds from the Redis clock (``TIME``). Finished
   records (fired, failed, cancelled) expire after the retention period.
 * ``due:{ti}`` sorted set: every pending timer (``scheduled`` or
@@ -51,6 +53,7 @@ order across shards may lag by the counter's lead.
 """
 
 import dataclasses
+import json
 import threading
 
 import redis
@@ -65,16 +68,67 @@ FINAL = ("fired", "failed", "cancelled")
 ID_EPOCH_UNITS = 1_767_225_600 * 10_000
 SHARDS_KEY = "timers:shards"
 
-_RECORD_FIELDS = ("u", "f", "s", "a", "e")
+_RECORD_FIELDS = ("u", "f", "s", "a", "e", "b", "c", "h")
+# What a webhook with a body but no content type is sent with (shared/CONTRACT.md section 2).
+DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+class BeyondMaxDelay(ValueError):
+    """A fire time further from now (Redis clock) than the longest delay allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    """What a webhook carries besides its standard headers (``shared/CONTRACT.md`` section 2).
+
+    ``body``: text sent UTF-8 encoded (None: an empty body); ``content_type``:
+    its media type as given (None: :data:`DEFAULT_CONTENT_TYPE` when there is a
+    body, no ``Content-Type`` otherwise); ``headers``: header name → value, or None.
+    """
+
+    body: str | None = None
+    content_type: str | None = None
+    headers: dict | None = None
+
+    @property
+    def media_type(self):
+        """The ``Content-Type`` the webhook is sent with, or None for none."""
+        if self.content_type is None and self.body is not None:
+            return DEFAULT_CONTENT_TYPE
+        return self.content_type
+
+    def fields(self):
+        """Record field/value pairs (``b``, ``c``, ``h``) of the parts that are given."""
+        headers = json.dumps(self.headers, separators=(",", ":")) if self.headers else None
+        pairs = []
+        for field, value in (("b", self.body), ("c", self.content_type), ("h", headers)):
+            if value is not None:
+                pairs += [field, value]
+        return pairs
+
+    @classmethod
+    def from_fields(cls, body, content_type, headers):
+        """The payload of the record fields ``b``, ``c``, ``h`` (bytes or None); None when all are absent."""
+        if body is None and content_type is None and headers is None:
+            return None
+        return cls(body.decode() if body is not None else None,
+                   content_type.decode() if content_type is not None else None,
+                   json.loads(headers) if headers is not None else None)
 
 
 def _record(fields):
     """A record dict from the HMGET of :data:`_RECORD_FIELDS`, or None if absent."""
-    url, fire, status, attempts, error = fields
+    url, fire, status, attempts, error, body, content_type, headers = fields
     if status is None:
         return None
     return {"url": url.decode(), "fire_at": int(fire), "status": status.decode(),
-            "attempts": int(attempts or 0), "last_error": error.decode() if error else None}
+            "attempts": int(attempts or 0), "last_error": error.decode() if error else None,
+            "payload": Payload.from_fields(body, content_type, headers)}
+
+
+def _optional(number):
+    """A script argument for an optional integer: the integer, or '' for None."""
+    return "" if number is None else int(number)
 
 
 def home_shard(timer_id):
@@ -106,6 +160,7 @@ class Claim:
     now_ms: int = 0
     due_ms: int = 0
     request_id: str = ""
+    payload: Payload | None = None
 
 
 @dataclasses.dataclass
@@ -141,18 +196,22 @@ class Shard:
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
         (self.create, self.feed, self.claim, self.finish, self.renew, self.expire_lease,
-         self.cancel) = scripts.register(self.redis, "create", "feed", "claim", "finish", "renew",
-                                         "expire_lease", "cancel")
+         self.cancel, self.reschedule) = scripts.register(
+            self.redis, "create", "feed", "claim", "finish", "renew", "expire_lease", "cancel", "reschedule")
 
-    def create_timer(self, url, delay_ms, request_id="", client=None):
+    def create_timer(self, url, delay_ms, request_id="", client=None, at_ms=None, max_delay_ms=None,
+                     payload=None):
         """Run the create script (see :meth:`TimerStore.create`); ``client`` may be a pipeline.
 
         Returns:
-            [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it executes).
+            [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it
+            executes); the id is 0 when ``at_ms`` is beyond ``max_delay_ms`` from now.
         """
-        return self.create(keys=[self.seq_key, self.due_key],
-                           args=[self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS],
-                           client=client)
+        args = [self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS]
+        extra = payload.fields() if payload else []
+        if at_ms is not None or extra:
+            args += [_optional(at_ms), _optional(max_delay_ms), *extra]
+        return self.create(keys=[self.seq_key, self.due_key], args=args, client=client)
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""
@@ -213,7 +272,8 @@ class TimerStore:
         known = {int(i) for i in self.control.smembers(SHARDS_KEY)}
         return sorted(known | set(range(count)))
 
-    def create(self, url, delay_ms, shard_index, request_id=""):
+    def create(self, url, delay_ms, shard_index, request_id="", *, at_ms=None, max_delay_ms=None,
+               payload=None):
         """Store a new pending timer on shard ``shard_index``, atomically with its due entry.
 
         Args:
@@ -221,12 +281,22 @@ class TimerStore:
             delay_ms: milliseconds from now (Redis clock) to the fire time.
             shard_index: the shard that will hold and fire it.
             request_id: the creating request's id, logged with every delivery.
+            at_ms: the fire time in epoch ms instead of ``delay_ms`` (a past
+                time means now, Redis clock).
+            max_delay_ms: with ``at_ms``, how far from now it may be at most.
+            payload: :class:`Payload` or None; only its given parts are stored,
+                so a timer without one costs no more memory.
         Returns:
             (timer id, record dict as :meth:`get` returns it, now epoch ms).
+        Raises:
+            BeyondMaxDelay: ``at_ms`` is more than ``max_delay_ms`` from now.
         """
-        timer_id, fire_ms, created_ms = self.shard(shard_index).create_timer(url, delay_ms, request_id)
+        timer_id, fire_ms, created_ms = self.shard(shard_index).create_timer(
+            url, delay_ms, request_id, at_ms=at_ms, max_delay_ms=max_delay_ms, payload=payload)
+        if not timer_id:
+            raise BeyondMaxDelay(f"{at_ms} is more than {max_delay_ms} ms after {created_ms}")
         record = {"url": url, "fire_at": fire_ms, "status": "scheduled", "attempts": 0,
-                  "last_error": None}
+                  "last_error": None, "payload": payload}
         return timer_id, record, created_ms
 
     def get(self, timer_id):
@@ -234,8 +304,9 @@ class TimerStore:
 
         Returns:
             (record, now epoch ms), the record a dict with ``url``, ``fire_at``
-            (epoch ms), ``status``, ``attempts`` and ``last_error`` (None when
-            empty); ``(None, now)`` when there is no such timer.
+            (epoch ms), ``status``, ``attempts``, ``last_error`` (None when
+            empty) and ``payload`` (:class:`Payload`, None when it has none);
+            ``(None, now)`` when there is no such timer.
         """
         shard = self._home(timer_id)
         pipe = shard.redis.pipeline(transaction=False)
@@ -349,7 +420,7 @@ class TimerStore:
             else:
                 claims.append(Claim(timer_id, status, attempt=int(res[1]), url=res[2].decode(),
                                     fire_at_ms=int(res[3]), now_ms=int(res[4]),
-                                    request_id=res[5].decode()))
+                                    request_id=res[5].decode(), payload=Payload.from_fields(*res[6:9])))
         return claims
 
     def finish(self, outcomes):
@@ -414,6 +485,33 @@ class TimerStore:
         shard = self._home(timer_id)
         return shard.cancel(keys=shard.timer_keys([timer_id]),
                             args=[timer_id, self.retention_ms]).decode()
+
+    def reschedule(self, timer_id, delay_ms=0, at_ms=None, max_delay_ms=None):
+        """Move a pending timer to a new fire time: ``delay_ms`` from now, or ``at_ms``.
+
+        Atomic with claims and cancels: of a reschedule and a claim racing,
+        exactly one wins. A queue message already sent for the timer is then
+        early, and the claim drops it; the due index feeds it again at the new time.
+
+        Args:
+            delay_ms: milliseconds from now (Redis clock), when ``at_ms`` is None.
+            at_ms: the new fire time in epoch ms (a past time means now).
+            max_delay_ms: how far from now the new fire time may be at most (None: any).
+        Returns:
+            (status, record, now epoch ms): ``rescheduled`` with the record as
+            :meth:`get` returns it; else the status that kept it from moving
+            (``firing``, ``fired``, ``failed``, ``cancelled``, ``missing``) and None.
+        Raises:
+            BeyondMaxDelay: the new fire time is more than ``max_delay_ms`` from now.
+        """
+        shard = self._home(timer_id)
+        status, now, *fields = shard.reschedule(
+            keys=shard.timer_keys([timer_id]),
+            args=[timer_id, _optional(at_ms), int(delay_ms), _optional(max_delay_ms), *_RECORD_FIELDS])
+        status = status.decode()
+        if status == "beyond":
+            raise BeyondMaxDelay(f"the fire time is more than {max_delay_ms} ms after {now}")
+        return status, _record(fields[0]) if fields else None, int(now)
 
     def trim_finished(self, indexes, now):
         """Drop finished timers older than the retention period from the done indexes.

@@ -5,6 +5,7 @@ the API is gunicorn, consumers are the real pool, and webhooks arrive at a
 real HTTP server on 127.0.0.1.
 """
 
+import contextlib
 import datetime
 import http.server
 import json
@@ -281,6 +282,22 @@ def consumers_ready(service, count=8):
     """
     wait_until(lambda: service.logs("workers").count("Huey consumer started") >= count,
                timeout=30, message=f"{count} consumers to start")
+
+
+@contextlib.contextmanager
+def whole_service(redis_server, log_dir, env=None):
+    """The whole service on the emptied ``redis_server`` (a :class:`RedisServer`), every consumer
+    started, for a module's tests to share; stopped on exit. ``env``: as :class:`Service`'s."""
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+    redis_server.client().flushall()
+    service = Service(redis_server.url, log_dir, env)
+    try:
+        service.start()
+        consumers_ready(service)
+        yield service
+    finally:
+        service.stop(timeout=10)
 
 
 def json_lines(text):

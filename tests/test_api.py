@@ -195,9 +195,11 @@ def _bad_input_cases(service, existing_id):
     for method in ("PUT", "PATCH", "DELETE"):
         cases.append((f"{method} /timers", lambda method=method: requests.request(
             method, f"{service.url}/timers", json={"url": url}, timeout=TIMEOUT), 405, None))
-    for method in ("PUT", "PATCH"):
-        cases.append((f"{method} /timers/<id>", lambda method=method: requests.request(
-            method, f"{service.url}/timers/{existing_id}", json={"url": url}, timeout=TIMEOUT), 405, None))
+    cases.append(("PUT /timers/<id>", lambda: requests.put(
+        f"{service.url}/timers/{existing_id}", json={"url": url}, timeout=TIMEOUT), 405, None))
+    # PATCH reschedules (tests/test_scheduling.py): a create body is not a reschedule body.
+    cases.append(("PATCH /timers/<id> with a create body", lambda: requests.patch(
+        f"{service.url}/timers/{existing_id}", json={"url": url}, timeout=TIMEOUT), 400, "url"))
     return cases
 
 

@@ -7,6 +7,7 @@ document promises for the timer operations.
 """
 
 import collections
+import functools
 import time
 
 import pytest
@@ -28,8 +29,9 @@ TIMEOUT = 10
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 MAX_EXAMPLES = 25
 # schemathesis leaves out the operation that serves the schema it loaded (GET /openapi.json).
-EXPECTED_OPERATIONS = ["POST /timers", "GET /timers", "GET /timers/{id}", "DELETE /timers/{id}",
-                       "GET /shards", "GET /healthz", "GET /readyz", "GET /metrics", "GET /docs"]
+EXPECTED_OPERATIONS = ["POST /timers", "GET /timers", "GET /timers/{id}", "PATCH /timers/{id}",
+                       "DELETE /timers/{id}", "GET /shards", "GET /healthz", "GET /readyz", "GET /metrics",
+                       "GET /docs"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
@@ -145,12 +147,26 @@ def test_every_documented_status_code_is_reachable(service, make_service, receiv
     wait_until(lambda: service.get(fired)["status"] == "fired", timeout=15, message=f"timer {fired} to fire")
     expect("/timers/{id}", "delete", 409, requests.delete(f"{timers}/{fired}", timeout=TIMEOUT))
 
+    # PATCH /timers/{id}: 200, 400, 404, 409 (a fired timer), 413, 415.
+    moved = requests.post(timers, json={"url": hook, "hours": 1}, timeout=TIMEOUT).json()["id"]
+    later, done, unknown = (f"{timers}/{i}" for i in (moved, fired, 999999999))
+    patch = functools.partial(requests.patch, timeout=TIMEOUT)
+    expect("/timers/{id}", "patch", 200, patch(later, json={"hours": 2}))
+    expect("/timers/{id}", "patch", 400, patch(later, json={"url": hook}))
+    expect("/timers/{id}", "patch", 404, patch(unknown, json={"hours": 2}))
+    expect("/timers/{id}", "patch", 409, patch(done, json={"hours": 2}))
+    as_json = {"Content-Type": "application/json"}
+    expect("/timers/{id}", "patch", 413, patch(later, data=too_large, headers=as_json))
+    expect("/timers/{id}", "patch", 415, patch(later, data=b"hours=2", headers=form))
+
     # 503 from every operation of an API whose Redis is not there.
     dead = _start_on_dead_redis(make_service).url
     expect("/timers", "post", 503, requests.post(f"{dead}/timers", json={"url": hook}, timeout=TIMEOUT))
     expect("/timers", "get", 503, requests.get(f"{dead}/timers", params={"status": "fired"}, timeout=TIMEOUT))
     expect("/timers/{id}", "get", 503, requests.get(f"{dead}/timers/{pending}", timeout=TIMEOUT))
     expect("/timers/{id}", "delete", 503, requests.delete(f"{dead}/timers/{pending}", timeout=TIMEOUT))
+    expect("/timers/{id}", "patch", 503, requests.patch(f"{dead}/timers/{pending}", json={"hours": 2},
+                                                        timeout=TIMEOUT))
 
     wrong = [(path, method, status, response.status_code, response.text[:200])
              for path, method, status, response in sent if response.status_code != status]
@@ -160,7 +176,7 @@ def test_every_documented_status_code_is_reachable(service, make_service, receiv
             body = response.json()
             assert isinstance(body.get("title"), str) and isinstance(body.get("description"), str), body
     for path, method in [("/timers", "post"), ("/timers", "get"), ("/timers/{id}", "get"),
-                         ("/timers/{id}", "delete")]:
+                         ("/timers/{id}", "patch"), ("/timers/{id}", "delete")]:
         reached = {status for p, m, status, _ in sent if (p, m) == (path, method)}
         assert reached == _documented(document, path, method), (path, method)
 

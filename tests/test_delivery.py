@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import Service, consumers_ready, wait_until
+from tests.harness import wait_until, whole_service
 
 
 def fire_at_epoch(text):
@@ -42,14 +42,8 @@ def live(redis_server, tmp_path_factory):
     that start a service of their own live in other modules: this one's
     consumers would deliver their timers too.
     """
-    redis_server.client().flushall()
-    service = Service(redis_server.url, str(tmp_path_factory.mktemp("delivery")))
-    try:
-        service.start()
-        consumers_ready(service)
+    with whole_service(redis_server, str(tmp_path_factory.mktemp("delivery"))) as service:
         yield service
-    finally:
-        service.stop(timeout=10)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from sharding.queues import timers_of
-from sharding.store import ID_EPOCH_UNITS, Finish, TimerStore, home_shard
+from sharding.store import ID_EPOCH_UNITS, BeyondMaxDelay, Finish, Payload, TimerStore, home_shard, now_ms
 from tests.harness import wait_until
 
 
@@ -177,3 +177,78 @@ def test_renew_extends_leases_of_attempts_still_owned_only(store, redis_client):
     assert leases[b"%d" % ids[1]] == now + 1_000
     assert b"%d" % ids[2] not in leases
     assert int(redis_client.hget(store.shard(2).record_key(ids[0]), "l")) == leases[b"%d" % ids[0]]
+
+
+# --- scheduling API: absolute fire times, rescheduling, payloads -------------------------------------
+
+def test_a_payload_is_stored_only_as_far_as_it_is_given(store, redis_client):
+    def fields(timer_id):
+        return redis_client.hgetall(store.shard(0).record_key(timer_id))
+
+    bare, _, _ = store.create("https://x.test/h", 60_000, 0)
+    # A timer without a payload costs exactly what it did before the payload existed.
+    assert sorted(fields(bare)) == [b"f", b"r", b"s", b"u"]
+    body_only, _, _ = store.create("https://x.test/h", 60_000, 0, payload=Payload(body=""))
+    assert sorted(fields(body_only)) == [b"b", b"f", b"r", b"s", b"u"]
+    full, record, _ = store.create("https://x.test/h", 60_000, 0, payload=Payload(
+        "é", "application/json", {"X-A": "1", "Authorization": "Bearer x"}))
+    stored = fields(full)
+    assert (stored[b"b"], stored[b"c"], stored[b"h"]) == (
+        "é".encode(), b"application/json", b'{"X-A":"1","Authorization":"Bearer x"}')
+    assert store.get(full)[0]["payload"] == record["payload"]
+    assert store.get(bare)[0]["payload"] is None
+    [claim] = store.claim([store.create("https://x.test/h", 0, 0, payload=record["payload"])[0]], 10_000)
+    assert claim.payload == record["payload"]
+
+
+def test_an_absolute_fire_time_is_kept_a_past_one_is_now_a_far_one_refused(store, redis_client):
+    now = now_ms(redis_client)
+    timer_id, record, created = store.create("https://x.test/h", 0, 1, at_ms=now + 5_000, max_delay_ms=10_000)
+    assert record["fire_at"] == now + 5_000 == store.get(timer_id)[0]["fire_at"]
+    assert redis_client.zscore(store.shard(1).due_key, timer_id) == now + 5_000
+    past, record, created = store.create("https://x.test/h", 0, 1, at_ms=now - 60_000, max_delay_ms=10_000)
+    assert record["fire_at"] == created
+    seq = redis_client.get(store.shard(1).seq_key)
+    with pytest.raises(BeyondMaxDelay):
+        store.create("https://x.test/h", 0, 1, at_ms=now + 60_000, max_delay_ms=10_000)
+    # Nothing was stored, not even an id taken.
+    assert redis_client.get(store.shard(1).seq_key) == seq
+    assert redis_client.zcard(store.shard(1).due_key) == 2
+
+
+def test_reschedule_drops_a_queued_message_through_the_claims_early_check(store, redis_client):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 2)
+    assert store.feed(2, 2, 30_000) == 1  # a message for it is on the queue now
+    shard = store.shard(2)
+    # A due time left on a scheduled record (none is today) must not outlive the new fire time.
+    redis_client.hset(shard.record_key(timer_id), "d", 1)
+    status, record, now = store.reschedule(timer_id, delay_ms=60_000)
+    assert (status, record["fire_at"], record["status"]) == ("rescheduled", now + 60_000, "scheduled")
+    assert redis_client.hget(shard.record_key(timer_id), "d") is None
+    assert redis_client.zscore(shard.due_key, timer_id) == now + 60_000
+    [claim] = store.claim([timer_id], 10_000)
+    assert (claim.status, claim.due_ms) == ("early", now + 60_000)
+    assert store.get(timer_id)[0]["status"] == "scheduled"
+    assert redis_client.zscore(shard.due_key, timer_id) == now + 60_000
+    assert store.feed(2, 2, 30_000) == 0  # not due: the due index feeds it at the new time
+
+
+def test_reschedule_moves_a_retrying_timers_next_attempt_and_nothing_else(store, redis_client):
+    timer_id = _due_now(store, 3, 1)[0]
+    store.claim([timer_id], 10_000)
+    assert store.reschedule(timer_id, delay_ms=1_000)[:2] == ("firing", None)
+    store.finish([Finish(timer_id, 1, "retrying", "HTTP 503", 3_600_000)])
+    at = now_ms(redis_client) + 2_000
+    status, record, _ = store.reschedule(timer_id, at_ms=at, max_delay_ms=10_000)
+    assert (status, record["status"], record["attempts"], record["last_error"]) == (
+        "rescheduled", "retrying", 1, "HTTP 503")
+    shard = store.shard(3)
+    assert redis_client.zscore(shard.due_key, timer_id) == at
+    assert redis_client.zscore(shard.retries_key, timer_id) == at
+    assert int(redis_client.hget(shard.record_key(timer_id), "d")) == at
+    with pytest.raises(BeyondMaxDelay):
+        store.reschedule(timer_id, at_ms=at + 3_600_000, max_delay_ms=10_000)
+    assert redis_client.zscore(shard.due_key, timer_id) == at
+    assert store.cancel(timer_id) == "retrying"
+    assert store.reschedule(timer_id, delay_ms=0)[:2] == ("cancelled", None)
+    assert store.reschedule(999_003, delay_ms=0)[:2] == ("missing", None)

@@ -9,11 +9,11 @@ import itertools
 import falcon
 import pytest
 
-from api.resources import rfc3339_ms, time_left_s
-from api.validation import MAX_URL_LENGTH, FieldError, parse_create
+from api.resources import rfc3339_ms, time_left_s, timer_view
+from api.validation import MAX_URL_LENGTH, FieldError, parse_create, parse_fire_at, parse_reschedule
 from sharding.balancer import LeastBusy
 from sharding.queues import MAX_TIMERS_PER_MESSAGE, message_for, timers_of
-from sharding.store import home_shard
+from sharding.store import Payload, home_shard
 from workers.delivery import backoff_s, classify, parse_retry_after, webhook_url
 
 MAX_DELAY = 31_536_000
@@ -354,7 +354,7 @@ def test_parse_create_url_length_limit():
     prefix = "https://x.test/"
     longest = prefix + "a" * (MAX_URL_LENGTH - len(prefix))
     assert len(longest) == 2048
-    assert parse_create({"url": longest}, MAX_DELAY) == (0, longest)
+    assert parse_create({"url": longest}, MAX_DELAY)[:2] == (0, longest)
     error = _field_error({"url": longest + "a"})
     assert error.field == "url"
 
@@ -364,7 +364,7 @@ def test_parse_create_url_length_limit():
     "http://[::1]:9000/h", "https://user:pw@x.test/h",
 ])
 def test_parse_create_good_urls(url):
-    assert parse_create({"url": url, "seconds": 1}, MAX_DELAY) == (1, url)
+    assert parse_create({"url": url, "seconds": 1}, MAX_DELAY)[:2] == (1, url)
 
 
 @pytest.mark.parametrize(("fields", "delay"), [
@@ -378,11 +378,11 @@ def test_parse_create_good_urls(url):
     ({"hours": 8760}, MAX_DELAY),
 ])
 def test_parse_create_total_delay(fields, delay):
-    assert parse_create({"url": URL, **fields}, MAX_DELAY) == (delay, URL)
+    assert parse_create({"url": URL, **fields}, MAX_DELAY)[:2] == (delay, URL)
 
 
 def test_parse_create_delay_above_max_rejected():
-    assert parse_create({"url": URL, "seconds": 100}, 100) == (100, URL)
+    assert parse_create({"url": URL, "seconds": 100}, 100)[:2] == (100, URL)
     error = _field_error({"url": URL, "seconds": 101}, max_delay=100)
     assert error.field == "seconds"
     assert "100" in error.description
@@ -395,7 +395,7 @@ def test_parse_create_delay_above_max_rejected():
 
 
 def test_parse_create_max_delay_zero_only_allows_zero():
-    assert parse_create({"url": URL}, 0) == (0, URL)
+    assert parse_create({"url": URL}, 0)[:2] == (0, URL)
     assert _field_error({"url": URL, "seconds": 1}, max_delay=0).field == "seconds"
 
 
@@ -431,3 +431,74 @@ def test_sender_fails_a_host_idna_cannot_encode_without_raising():
     outcome = Sender(1.0).send("http://a..b/h", 7)
     assert outcome.kind == "fail"
     assert outcome.error.startswith("invalid url: ")
+
+
+# --- api.validation.parse_fire_at and the payload (scheduling API) -----------------------------------
+
+@pytest.mark.parametrize(("text", "epoch_ms"), [
+    ("2026-12-24T18:00:00+01:00", 1_798_131_600_000),
+    ("2026-12-24T17:00:00Z", 1_798_131_600_000),
+    ("2026-12-24t17:00:00z", 1_798_131_600_000),
+    ("2026-12-24T22:30:00+05:30", 1_798_131_600_000),
+    ("2026-12-24T14:00:00-03:00", 1_798_131_600_000),
+    ("2026-12-24T17:00:00.123456Z", 1_798_131_600_123),
+    ("2026-12-24T17:00:00.9999+00:00", 1_798_131_600_999),
+    ("1970-01-01T00:00:00Z", 0),
+    ("1969-12-31T23:59:59.999Z", -1),
+    ("0001-01-01T00:00:00+01:00", -62_135_600_400_000),
+])
+def test_parse_fire_at_is_epoch_ms_in_any_offset(text, epoch_ms):
+    assert parse_fire_at(text) == epoch_ms
+
+
+@pytest.mark.parametrize("text", [
+    "2026-13-01T00:00:00Z", "2026-12-24T18:00:00", "2026-12-24", "20261224T180000Z", "2026-12-24T18:00Z",
+    "2026-12-24T18:00:00+0100", "2026-12-24T24:00:00Z", "2026-02-30T00:00:00Z", "2026-W52-4T18:00:00Z",
+    "2026-12-24T18:00:00+24:00", " 2026-12-24T18:00:00Z", "", "\ud800", "２026-12-24T18:00:00Z", 1798131600,
+    None, ["2026-12-24T18:00:00Z"],
+])
+def test_parse_fire_at_refuses_what_is_not_rfc3339_with_an_offset(text):
+    with pytest.raises(FieldError) as info:
+        parse_fire_at(text)
+    assert info.value.field == "fire_at"
+
+
+def test_parse_create_fire_at_excludes_durations_and_payload_is_optional():
+    assert parse_create({"url": URL, "fire_at": "1970-01-01T00:00:01Z"}, MAX_DELAY) == (0, URL, 1000, None)
+    assert _field_error({"url": URL, "fire_at": "1970-01-01T00:00:01Z", "seconds": 0}).field == "fire_at"
+    timer = parse_create({"url": URL, "body": "b", "headers": {"X-A": "a b"}, "content_type": "text/csv"},
+                         MAX_DELAY)
+    assert timer.payload == Payload("b", "text/csv", {"X-A": "a b"})
+    assert parse_create({"url": URL, "headers": {}}, MAX_DELAY).payload is None
+    reserved = _field_error({"url": URL, "headers": {"webhook-whatever": "1"}})
+    assert reserved.field == "headers.webhook-whatever"
+
+
+def test_parse_reschedule_takes_fire_at_or_a_delay_and_nothing_else():
+    assert parse_reschedule({"fire_at": "1970-01-01T00:00:01+00:00"}, MAX_DELAY) == (0, 1000)
+    assert parse_reschedule({"minutes": 2}, MAX_DELAY) == (120, None)
+    for body, field in [({}, "fire_at"), ({"url": URL}, "url"), ({"headers": {}}, "headers")]:
+        with pytest.raises(FieldError) as info:
+            parse_reschedule(body, MAX_DELAY)
+        assert info.value.field == field
+
+
+def test_payload_record_fields_round_trip_and_media_type():
+    full = Payload("é", "application/json", {"X-A": "1"})
+    assert full.fields() == ["b", "é", "c", "application/json", "h", '{"X-A":"1"}']
+    assert Payload.from_fields("é".encode(), b"application/json", b'{"X-A":"1"}') == full
+    assert Payload.from_fields(None, None, None) is None
+    assert Payload(body="x").media_type == "text/plain; charset=utf-8"
+    assert Payload(headers={"X-A": "1"}).media_type is None
+    assert Payload(content_type="text/csv").media_type == "text/csv"
+
+
+def test_timer_view_redacts_every_header_value_and_adds_payload_fields_only_when_given():
+    record = {"url": URL, "fire_at": 1000, "status": "scheduled", "attempts": 0, "last_error": None,
+              "payload": Payload("b", None, {"Authorization": "Bearer x", "X-B": "y"})}
+    view = timer_view(7, record, 0)
+    assert (view["body"], view["content_type"]) == ("b", "text/plain; charset=utf-8")
+    assert view["headers"] == {"Authorization": "<redacted>", "X-B": "<redacted>"}
+    assert "Bearer x" not in repr(view)
+    bare = timer_view(7, {**record, "payload": None}, 0)
+    assert set(bare) == {"id", "time_left", "status", "fire_at", "url", "attempts", "last_error"}

@@ -1,10 +1,11 @@
 """Sending one webhook delivery attempt with ``requests``, and what to do next.
 
 Rules (``shared/CONTRACT.md`` section 5): ``POST <url>/<id>`` with an empty
-body; any 2xx is success; connection errors, timeouts, 408, 429 and 5xx are
-retried with exponential backoff and full jitter, honouring ``Retry-After``
-(RFC 9110 section 10.2.3); other 4xx and every 3xx fail at once (redirects are
-never followed).
+body, or with the timer's payload (body, content type, headers); any 2xx is
+success; connection errors, timeouts, 408, 429 and 5xx are retried with
+exponential backoff and full jitter, honouring ``Retry-After`` (RFC 9110
+section 10.2.3); other 4xx and every 3xx fail at once (redirects are never
+followed).
 """
 
 import dataclasses
@@ -119,15 +120,15 @@ def _describe(exc):
     return f"connection error: {type(exc).__name__}"
 
 
-def signature_header(signers, msg_id, timestamp_s):
-    """``webhook-signature`` for an empty body: one ``v1,<base64>`` per secret, space-separated.
+def signature_header(signers, msg_id, timestamp_s, body=""):
+    """``webhook-signature`` over ``body`` (str, sent UTF-8): one ``v1,<base64>`` per secret, space-separated.
 
     Per the Standard Webhooks spec (signed content ``<id>.<timestamp>.<body>``),
     computed by the ``standardwebhooks`` package; several secrets let
     receivers rotate keys.
     """
     when = datetime.datetime.fromtimestamp(timestamp_s, datetime.UTC)
-    return " ".join(signer.sign(msg_id, when, "") for signer in signers)
+    return " ".join(signer.sign(msg_id, when, body) for signer in signers)
 
 
 class Sender:
@@ -162,21 +163,31 @@ class Sender:
             self._local.session = session
         return session
 
-    def send(self, base_url, timer_id):
-        """POST an empty body to ``webhook_url(base_url, timer_id)``.
+    def send(self, base_url, timer_id, payload=None):
+        """POST to ``webhook_url(base_url, timer_id)`` an empty body, or ``payload``'s.
 
+        Args:
+            payload: ``sharding.store.Payload`` or None: its body (UTF-8), its
+                ``Content-Type`` and its headers (added to the standard ones;
+                the API refused any that the service sets) go with the attempt.
         Returns:
             :class:`Outcome`. Never raises for network, HTTP or policy errors.
         """
         msg_id, timestamp = str(timer_id), int(time.time())
-        headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "User-Agent": USER_AGENT}
+        body = payload.body if payload and payload.body is not None else ""
+        headers = {"User-Agent": USER_AGENT}
+        if payload:
+            headers.update(payload.headers or {})
+            if payload.media_type:
+                headers["Content-Type"] = payload.media_type
+        headers.update({"webhook-id": msg_id, "webhook-timestamp": str(timestamp)})
         if self.signers:
-            headers["webhook-signature"] = signature_header(self.signers, msg_id, timestamp)
+            headers["webhook-signature"] = signature_header(self.signers, msg_id, timestamp, body)
         try:
             # Prepared and sent as requests' "Prepared Requests" documents: no
             # per-call merging of session headers, cookies, auth and environment
             # settings, none of which a delivery uses.
-            request = requests.Request("POST", webhook_url(base_url, timer_id), data=b"",
+            request = requests.Request("POST", webhook_url(base_url, timer_id), data=body.encode(),
                                        headers=headers).prepare()
             with self._session().send(request, timeout=self.timeout_s, allow_redirects=False,
                                       stream=True) as response:

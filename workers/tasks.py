@@ -101,7 +101,7 @@ def _attempt(claim, claimed_at, sender, settings):
         metrics.FIRE_LATENESS.observe(max(late_s, 0.0))
     token = logs.request_id.set(claim.request_id or None)
     try:
-        outcome = sender.send(claim.url, claim.timer_id)
+        outcome = sender.send(claim.url, claim.timer_id, claim.payload)
     except Exception as exc:  # noqa: BLE001 - a bug must not leave the timer firing until its lease ends
         log.exception("delivery failed unexpectedly", extra={"timer_id": claim.timer_id})
         outcome = Outcome("retry", f"internal error: {type(exc).__name__}")
