@@ -13,15 +13,18 @@ import falcon.media
 import redis
 
 from api.idempotency import IdempotencyKeys, check_key, fingerprint
-from api.validation import FieldError, parse_create
+from api.validation import FieldError, parse_create, parse_retry, parse_run, url_host
 from sharding import metrics, queues
-from sharding.store import STATUSES, now_ms
+from sharding.store import STATUSES, home_shard, now_ms
 
 log = logging.getLogger("api")
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+# POST /timers/run: failed timers looked at per request (in pages), so one request's work is bounded.
+RUN_PAGE = 500
+RUN_MAX_EXAMINED = 5000
 
 def _no_duplicate_keys(pairs):
     keys = [key for key, _ in pairs]
@@ -55,8 +58,12 @@ def time_left_s(record, now):
 
 
 def timer_view(timer_id, record, now):
-    """The JSON representation of a timer (``shared/CONTRACT.md`` section 3)."""
-    return {
+    """The JSON representation of a timer (``shared/CONTRACT.md`` section 3).
+
+    ``next_attempt_at`` is RFC 3339 UTC while ``retrying``, else None;
+    ``retry`` appears only for a timer created with its own limits.
+    """
+    view = {
         "id": timer_id,
         "time_left": time_left_s(record, now),
         "status": record["status"],
@@ -64,7 +71,12 @@ def timer_view(timer_id, record, now):
         "url": record["url"],
         "attempts": record["attempts"],
         "last_error": record["last_error"],
+        "next_attempt_at": (rfc3339_ms(record["next_attempt_at"])
+                            if record["next_attempt_at"] is not None else None),
     }
+    if record["retry"]:
+        view["retry"] = record["retry"]
+    return view
 
 
 def _too_large():
@@ -171,9 +183,10 @@ class TimerCollection:
         """Create a timer: 201 with ``Location`` and the timer; replays under ``Idempotency-Key``."""
         body = read_json_body(req)
         delay_s, url = parse_create(body, self.settings.max_delay_seconds)
+        retry = parse_retry(body.get("retry"))
         key = req.get_header("Idempotency-Key")
         if key is None:
-            response = self._create(req, delay_s, url)
+            response = self._create(req, delay_s, url, retry)
         else:
             scope, digest = req.context.get("client", ""), fingerprint(body)
             stored = self.idempotency.begin(scope, check_key(key), digest)
@@ -182,7 +195,7 @@ class TimerCollection:
                 response = stored
             else:
                 try:
-                    response = self._create(req, delay_s, url)
+                    response = self._create(req, delay_s, url, retry)
                 except Exception:
                     self.idempotency.abandon(scope, key, digest)
                     raise
@@ -191,14 +204,14 @@ class TimerCollection:
         resp.location = response["location"]
         resp.media = response["body"]
 
-    def _create(self, req, delay_s, url):
+    def _create(self, req, delay_s, url, retry):
         if not self._registered:
             # Lets a coordinator find these shards even after TIMER_SHARDS shrinks.
             self.store.register_shards(self.settings.shards)
             self._registered = True
         shard = self.balancer.choose()
         timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
-                                                      req.context.request_id)
+                                                      req.context.request_id, retry)
         metrics.TIMER_CREATED.inc()
         # DEBUG: a JSON line per create costs a third of the request's CPU (docs/BENCHMARKS.md).
         log.debug("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": delay_s})
@@ -218,7 +231,7 @@ class TimerCollection:
 
 
 class TimerItem:
-    """``GET /timers/{id}`` reads a timer; ``DELETE`` cancels it."""
+    """``GET /timers/{id}`` reads a timer; ``DELETE`` cancels it; ``POST /timers/{id}/run`` runs it now."""
 
     def __init__(self, store):
         self.store = store
@@ -244,6 +257,62 @@ class TimerItem:
                                       description=f"timer {timer_id} is already {status}")
         log.info("timer cancelled", extra={"timer_id": timer_id, "was": status})
         resp.status = falcon.HTTP_204
+
+    def on_post_run(self, req, resp, timer_id):
+        """202 with the timer, now due (a failed one re-driven); 409 once firing, fired or
+        cancelled; 404 when unknown (``shared/CONTRACT.md`` section 4)."""
+        [status] = self.store.run([timer_id])
+        if status == "missing":
+            raise self._not_found(timer_id)
+        if status in ("firing", "fired", "cancelled"):
+            raise falcon.HTTPConflict(title="Timer cannot be run",
+                                      description=f"timer {timer_id} is already {status}")
+        log.info("timer run now", extra={"timer_id": timer_id, "was": status})
+        record, now = self.store.get(timer_id)
+        if record is None:  # expired between the two calls: it was run, and is gone now
+            raise self._not_found(timer_id)
+        resp.status = falcon.HTTP_202
+        resp.media = timer_view(timer_id, record, now)
+
+
+class TimerRun:
+    """``POST /timers/run``: re-drive failed timers in bulk (``shared/CONTRACT.md`` section 4).
+
+    Pages through the shards' failed-timer indexes (by finish time, from
+    ``since``) as ``GET /timers?status=failed`` does, never a scan, and stops
+    after :data:`RUN_MAX_EXAMINED` timers: a ``next_cursor`` in the answer
+    continues from there. Each re-drive is one script per shard and page that
+    re-drives only timers still failed, so a repeated request, or the same
+    request from two API hosts at once, re-drives each timer once.
+    """
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+
+    def on_post(self, req, resp):
+        """200 ``{"matched": n, "run": n, "next_cursor": str or null}`` (``run`` is 0 on a dry run)."""
+        host, since, dry_run, cursor = parse_run(read_json_body(req))
+        position = decode_cursor(cursor, "failed") if cursor else (since or float("-inf"), "")
+        indexes = self.store.known_shards(self.settings.shards)
+        matched = run = examined = 0
+        while position is not None and examined < RUN_MAX_EXAMINED:
+            items, position = self.store.list("failed", indexes, RUN_PAGE, position)
+            examined += len(items)
+            ids = [timer_id for timer_id, record in items if host is None or url_host(record["url"]) == host]
+            matched += len(ids)
+            if not dry_run:
+                run += self._redrive(ids)
+        log.info("timers re-driven", extra={"host": host, "since": since, "dry_run": dry_run,
+                                            "matched": matched, "run": run})
+        resp.media = {"matched": matched, "run": run,
+                      "next_cursor": encode_cursor("failed", position) if position else None}
+
+    def _redrive(self, timer_ids):
+        by_shard = {}
+        for timer_id in timer_ids:
+            by_shard.setdefault(home_shard(timer_id), []).append(timer_id)
+        return sum(self.store.run(ids, failed_only=True).count("failed") for ids in by_shard.values())
 
 
 class Shards:

@@ -1,5 +1,6 @@
-"""Validation of a create-timer request body (``shared/CONTRACT.md`` section 2)."""
+"""Validation of request bodies: create (``shared/CONTRACT.md`` section 2) and bulk re-drive (section 4)."""
 
+import datetime
 import functools
 import ipaddress
 import re
@@ -9,7 +10,11 @@ import falcon
 
 MAX_URL_LENGTH = 2048
 DURATION_FIELDS = {"hours": 3600, "minutes": 60, "seconds": 1}
-ALLOWED_FIELDS = frozenset(DURATION_FIELDS) | {"url"}
+ALLOWED_FIELDS = frozenset(DURATION_FIELDS) | {"url", "retry"}
+# The optional ``retry`` object of a create: field -> (least, greatest or None).
+RETRY_FIELDS = {"max_attempts": (1, 100), "max_seconds": (0, None)}
+# The body of POST /timers/run.
+RUN_FIELDS = ("status", "host", "since", "dry_run", "cursor")
 # Whitespace (Unicode, as str.isspace), C0 controls, DEL and backslashes.
 _FORBIDDEN_CHARACTER = re.compile(r"[\s\x00-\x1f\x7f\\]")
 # A DNS label after IDNA encoding (RFC 1123; underscores too, as in container names): 1-63 characters.
@@ -116,7 +121,7 @@ def parse_create(body, max_delay_seconds):
         raise falcon.HTTPBadRequest(title="Invalid body", description="the body must be a JSON object")
     if not body.keys() <= ALLOWED_FIELDS:
         unknown = min(set(body) - ALLOWED_FIELDS)
-        raise FieldError(unknown, "unknown field; allowed: hours, minutes, seconds, url")
+        raise FieldError(unknown, "unknown field; allowed: hours, minutes, seconds, url, retry")
     delay = 0
     for field, unit in DURATION_FIELDS.items():
         value = body.get(field, 0)
@@ -131,6 +136,91 @@ def parse_create(body, max_delay_seconds):
         raise FieldError(largest, f"total delay (hours*3600 + minutes*60 + seconds) must be "
                                     f"at most {max_delay_seconds} seconds")
     return delay, url
+
+
+def parse_retry(retry):
+    """Validate the optional ``retry`` object of a create body (``shared/CONTRACT.md`` section 2).
+
+    Args:
+        retry: the decoded value of ``retry``, or None when absent.
+    Returns:
+        dict with the given ones of ``max_attempts`` (int 1..100) and
+        ``max_seconds`` (int >= 0), or None when absent or empty.
+    Raises:
+        FieldError: on ``retry`` when it is not an object, on ``retry.<name>``
+            for an unknown field or a value that is not an integer in range
+            (booleans, floats, strings and null are not integers).
+    """
+    if retry is None:
+        return None
+    if not isinstance(retry, dict):
+        raise FieldError("retry", "must be an object with max_attempts and/or max_seconds")
+    unknown = sorted(set(retry) - set(RETRY_FIELDS))
+    if unknown:
+        raise FieldError(f"retry.{unknown[0]}", "unknown field; allowed: max_attempts, max_seconds")
+    for name, (least, greatest) in RETRY_FIELDS.items():
+        value = retry.get(name, least)
+        if type(value) is not int or value < least or (greatest is not None and value > greatest):
+            rule = f"in {least}..{greatest}" if greatest is not None else f">= {least}"
+            raise FieldError(f"retry.{name}", f"must be an integer {rule}")
+    return retry or None
+
+
+def parse_rfc3339(field, value):
+    """An RFC 3339 date-time with an offset (``2026-12-24T18:00:00+01:00``, ``...Z``) → epoch ms.
+
+    Raises:
+        FieldError: on ``field`` when ``value`` is not such a string.
+    """
+    when = None
+    if isinstance(value, str) and len(value) >= 20 and value[10] in "Tt ":
+        try:
+            when = datetime.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+    if when is None or when.tzinfo is None:
+        raise FieldError(field, "must be an RFC 3339 date-time with an offset, e.g. 2026-12-24T18:00:00Z")
+    return int(when.timestamp() * 1000)
+
+
+def parse_run(body):
+    """Validate the body of ``POST /timers/run`` (bulk re-drive, ``shared/CONTRACT.md`` section 4).
+
+    Args:
+        body: the decoded JSON document: ``status`` (``"failed"``, the
+            default), optional ``host``, ``since`` (RFC 3339), ``dry_run``
+            (boolean, default false) and ``cursor`` (``next_cursor`` of a
+            previous answer).
+    Returns:
+        (host lower-cased or None, since epoch ms or None, dry_run bool, cursor str or None).
+    Raises:
+        falcon.HTTPBadRequest: the body is not a JSON object.
+        FieldError: an unknown field or a value of the wrong type.
+    """
+    if not isinstance(body, dict):
+        raise falcon.HTTPBadRequest(title="Invalid body", description="the body must be a JSON object")
+    unknown = sorted(set(body) - set(RUN_FIELDS))
+    if unknown:
+        raise FieldError(unknown[0], "unknown field; allowed: " + ", ".join(RUN_FIELDS))
+    if body.get("status", "failed") != "failed":
+        raise FieldError("status", 'must be "failed": only failed timers are re-driven in bulk')
+    host = body.get("host")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise FieldError("host", "must be a non-empty string (a webhook URL's host)")
+    since = body.get("since")
+    dry_run = body.get("dry_run", False)
+    if type(dry_run) is not bool:
+        raise FieldError("dry_run", "must be a boolean")
+    cursor = body.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise FieldError("cursor", "is not a cursor this API returned")
+    return (host.strip("[]").rstrip(".").lower() if host else None,
+            None if since is None else parse_rfc3339("since", since), dry_run, cursor)
+
+
+def url_host(url):
+    """The host of a stored webhook URL, lower-cased, as ``host`` of ``POST /timers/run`` matches it."""
+    return (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
 
 
 class TimerIdConverter(falcon.routing.BaseConverter):

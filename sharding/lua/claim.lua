@@ -2,13 +2,14 @@
 -- done:cancelled, then one record per timer). ARGV: lease ms, early tolerance
 -- ms, then the ids (records: KEYS[7..]).
 -- One entry per id: {status} when not claimable, {'early', due} when not yet
--- due, {'firing', attempts, url, fire, now, request id} when claimed.
+-- due, {'firing', attempts, url, fire, now, request id, attempts since the last
+-- re-drive} when claimed.
 --! include now
 local out = {}
 local lease = now + tonumber(ARGV[1])
 for i = 3, #ARGV do
   local id, record = ARGV[i], KEYS[i + 4]
-  local r = redis.call('HMGET', record, 's', 'd', 'f', 'u', 'r')
+  local r = redis.call('HMGET', record, 's', 'd', 'f', 'u', 'r', 'k')
   if r[1] ~= 'scheduled' and r[1] ~= 'retrying' then
     out[#out + 1] = {r[1] or 'missing'}
   else
@@ -23,7 +24,7 @@ for i = 3, #ARGV do
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', KEYS[3], id)
       redis.call('ZADD', KEYS[2], lease, id)
-      out[#out + 1] = {'firing', attempts, r[4], r[3], now, r[5] or ''}
+      out[#out + 1] = {'firing', attempts, r[4], r[3], now, r[5] or '', attempts - tonumber(r[6] or 0)}
     end
   end
 end
