@@ -153,7 +153,8 @@ def test_the_timers_own_max_attempts_overrides_the_default_on_the_same_path(stor
     plain, _, _ = store.create("https://x.test/h", 0, 1)
     limits = RetryLimits(max_attempts=3, max_seconds=86_400)
     assert [_attempt(store, own, limits=limits)[1][1] for _ in range(2)] == ["retrying", "failed"]
-    assert [_attempt(store, plain, limits=limits)[1][1] for _ in range(3)] == ["retrying", "retrying", "failed"]
+    assert [_attempt(store, plain, limits=limits)[1][1] for _ in range(3)] == [
+        "retrying", "retrying", "failed"]
     record = store.get(own)[0]
     assert (record["status"], record["attempts"], record["last_error"], record["next_attempt_at"]) == (
         "failed", 2, "HTTP 503", None)
