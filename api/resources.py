@@ -183,7 +183,7 @@ class TimerCollection:
         """Create a timer: 201 with ``Location`` and the timer; replays under ``Idempotency-Key``."""
         body = read_json_body(req)
         delay_s, url = parse_create(body, self.settings.max_delay_seconds)
-        retry = parse_retry(body.get("retry"))
+        retry = parse_retry(body)
         key = req.get_header("Idempotency-Key")
         if key is None:
             response = self._create(req, delay_s, url, retry)
@@ -261,16 +261,13 @@ class TimerItem:
     def on_post_run(self, req, resp, timer_id):
         """202 with the timer, now due (a failed one re-driven); 409 once firing, fired or
         cancelled; 404 when unknown (``shared/CONTRACT.md`` section 4)."""
-        [status] = self.store.run([timer_id])
-        if status == "missing":
+        status, record, now = self.store.run_now(timer_id)
+        if record is None:
             raise self._not_found(timer_id)
         if status in ("firing", "fired", "cancelled"):
             raise falcon.HTTPConflict(title="Timer cannot be run",
                                       description=f"timer {timer_id} is already {status}")
         log.info("timer run now", extra={"timer_id": timer_id, "was": status})
-        record, now = self.store.get(timer_id)
-        if record is None:  # expired between the two calls: it was run, and is gone now
-            raise self._not_found(timer_id)
         resp.status = falcon.HTTP_202
         resp.media = timer_view(timer_id, record, now)
 

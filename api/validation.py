@@ -138,21 +138,22 @@ def parse_create(body, max_delay_seconds):
     return delay, url
 
 
-def parse_retry(retry):
+def parse_retry(body):
     """Validate the optional ``retry`` object of a create body (``shared/CONTRACT.md`` section 2).
 
     Args:
-        retry: the decoded value of ``retry``, or None when absent.
+        body: the create body (a dict, as :func:`parse_create` accepted it).
     Returns:
         dict with the given ones of ``max_attempts`` (int 1..100) and
         ``max_seconds`` (int >= 0), or None when absent or empty.
     Raises:
-        FieldError: on ``retry`` when it is not an object, on ``retry.<name>``
+        FieldError: on ``retry`` when it is not an object (null too), on ``retry.<name>``
             for an unknown field or a value that is not an integer in range
             (booleans, floats, strings and null are not integers).
     """
-    if retry is None:
+    if "retry" not in body:
         return None
+    retry = body["retry"]
     if not isinstance(retry, dict):
         raise FieldError("retry", "must be an object with max_attempts and/or max_seconds")
     unknown = sorted(set(retry) - set(RETRY_FIELDS))

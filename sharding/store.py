@@ -468,6 +468,21 @@ class TimerStore:
         return [status.decode() for status in shard.run(keys=shard.timer_keys(timer_ids),
                                                          args=[int(failed_only), *timer_ids])]
 
+    def run_now(self, timer_id):
+        """:meth:`run` on one timer, and the timer as the run left it (one MULTI transaction).
+
+        Returns:
+            (the status it had or ``missing``, its record as :meth:`get`
+            returns it or None, now epoch ms).
+        """
+        shard = self._home(timer_id)
+        pipe = shard.redis.pipeline(transaction=True)
+        shard.run(keys=shard.timer_keys([timer_id]), args=[0, timer_id], client=pipe)
+        pipe.hmget(shard.record_key(timer_id), *_RECORD_FIELDS)
+        pipe.time()
+        [was], fields, (secs, micros) = pipe.execute()
+        return was.decode(), _record(fields), secs * 1000 + micros // 1000
+
     def cancel(self, timer_id):
         """Cancel a pending timer so that it never fires.
 

@@ -486,21 +486,20 @@ def test_sender_fails_a_host_idna_cannot_encode_without_raising():
     ({"max_attempts": 2.0}, "retry.max_attempts"), ({"max_attempts": True}, "retry.max_attempts"),
     ({"max_attempts": "3"}, "retry.max_attempts"), ({"max_attempts": None}, "retry.max_attempts"),
     ({"max_seconds": -1}, "retry.max_seconds"), ({"max_seconds": 1.5}, "retry.max_seconds"),
-    ({"max_attempt": 3}, "retry.max_attempt"), ([1], "retry"), ("x", "retry"), (3, "retry"),
+    ({"max_attempt": 3}, "retry.max_attempt"), ([1], "retry"), ("x", "retry"), (3, "retry"), (None, "retry"),
 ])
 def test_parse_retry_names_the_field_and_rule(retry, field):
     with pytest.raises(FieldError) as err:
-        parse_retry(retry)
+        parse_retry({"url": "https://x.test/h", "retry": retry})
     assert err.value.field == field
     assert err.value.to_dict()["description"].startswith(f"'{field}': ")
 
 
 def test_parse_retry_accepts_the_bounds_and_absence():
-    assert parse_retry({"max_attempts": 1, "max_seconds": 0}) == {"max_attempts": 1, "max_seconds": 0}
-    assert parse_retry({"max_attempts": 100}) == {"max_attempts": 100}
-    assert parse_retry({"max_seconds": 10**12}) == {"max_seconds": 10**12}
-    assert parse_retry(None) is None
-    assert parse_retry({}) is None
+    for retry in ({"max_attempts": 1, "max_seconds": 0}, {"max_attempts": 100}, {"max_seconds": 10**12}):
+        assert parse_retry({"retry": retry}) == retry
+    assert parse_retry({"url": "https://x.test/h"}) is None
+    assert parse_retry({"retry": {}}) is None
 
 
 def test_parse_create_accepts_a_retry_field():
