@@ -247,14 +247,17 @@ class TimerItem:
             raise self._not_found(timer_id)
         resp.media = timer_view(timer_id, record, now)
 
+    def _refuse(self, timer_id, status, too_late, title):
+        """404 when ``status`` is ``missing``; 409 titled ``title`` when it is in ``too_late``."""
+        if status == "missing":
+            raise self._not_found(timer_id)
+        if status in too_late:
+            raise falcon.HTTPConflict(title=title, description=f"timer {timer_id} is already {status}")
+
     def on_delete(self, req, resp, timer_id):
         """204 when cancelled (or already), 409 once firing, fired or failed, 404 when unknown."""
         status = self.store.cancel(timer_id)
-        if status == "missing":
-            raise self._not_found(timer_id)
-        if status in ("firing", "fired", "failed"):
-            raise falcon.HTTPConflict(title="Timer cannot be cancelled",
-                                      description=f"timer {timer_id} is already {status}")
+        self._refuse(timer_id, status, ("firing", "fired", "failed"), "Timer cannot be cancelled")
         log.info("timer cancelled", extra={"timer_id": timer_id, "was": status})
         resp.status = falcon.HTTP_204
 
@@ -262,11 +265,7 @@ class TimerItem:
         """202 with the timer, now due (a failed one re-driven); 409 once firing, fired or
         cancelled; 404 when unknown (``shared/CONTRACT.md`` section 4)."""
         status, record, now = self.store.run_now(timer_id)
-        if record is None:
-            raise self._not_found(timer_id)
-        if status in ("firing", "fired", "cancelled"):
-            raise falcon.HTTPConflict(title="Timer cannot be run",
-                                      description=f"timer {timer_id} is already {status}")
+        self._refuse(timer_id, status, ("firing", "fired", "cancelled"), "Timer cannot be run")
         log.info("timer run now", extra={"timer_id": timer_id, "was": status})
         resp.status = falcon.HTTP_202
         resp.media = timer_view(timer_id, record, now)

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import Service, consumers_ready, wait_until
+from tests.harness import wait_until
 
 
 def fire_at_epoch(text):
@@ -31,25 +31,6 @@ def settled(service):
     """
     shards = requests.get(f"{service.url}/shards", timeout=5).json()["shards"]
     return all(s["queued"] == 0 and s.get("in_flight", 0) == 0 for s in shards)
-
-
-@pytest.fixture(scope="module")
-def live(redis_server, tmp_path_factory):
-    """The whole service, every consumer started, shared by this module's tests.
-
-    One service for every test here keeps the module fast; each test looks
-    only at its own timers and waits until they have left every queue. Tests
-    that start a service of their own live in other modules: this one's
-    consumers would deliver their timers too.
-    """
-    redis_server.client().flushall()
-    service = Service(redis_server.url, str(tmp_path_factory.mktemp("delivery")))
-    try:
-        service.start()
-        consumers_ready(service)
-        yield service
-    finally:
-        service.stop(timeout=10)
 
 
 @pytest.fixture(autouse=True)

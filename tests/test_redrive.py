@@ -11,21 +11,8 @@ import time
 import pytest
 import requests
 
-from tests.harness import Service, consumers_ready, wait_until
+from tests.harness import Service, wait_until
 from tests.test_delivery import fire_at_epoch, settled, wait_status
-
-
-@pytest.fixture(scope="module")
-def live(redis_server, tmp_path_factory):
-    """The whole service, every consumer started, shared by this module's tests (see test_delivery.live)."""
-    redis_server.client().flushall()
-    service = Service(redis_server.url, str(tmp_path_factory.mktemp("redrive")))
-    try:
-        service.start()
-        consumers_ready(service)
-        yield service
-    finally:
-        service.stop(timeout=10)
 
 
 @pytest.fixture(autouse=True)
