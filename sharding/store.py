@@ -366,7 +366,9 @@ class TimerStore:
             timer_ids: non-empty list of ids with the same home shard.
             lease_ms: how long one delivery attempt may take before recovery
                 may take the timer back.
-            early_ms: how far before its due time a timer may still be claimed.
+            early_ms: how far before its due time a ``scheduled`` timer may still
+                be claimed (a ``retrying`` one never is: its due time keeps the
+                1 s floor between attempts).
         Returns:
             list of :class:`Claim`, in the order of ``timer_ids``.
         Raises:

@@ -227,3 +227,11 @@ def test_expire_lease_applies_the_timers_own_limits(store, redis_client):
     assert store.expire_lease(own, LIMITS) == "failed"
     assert store.expire_lease(plain, LIMITS) == "retrying"
     assert store.get(own)[0]["last_error"] == "lease expired on the last attempt"
+
+
+def test_a_retry_is_never_claimed_early(store, redis_client):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 1)
+    _, (_, status, next_ms) = _attempt(store, timer_id, wait_ms=5_000)
+    assert status == "retrying"
+    [early] = store.claim([timer_id], lease_ms=10_000, early_ms=10_000)
+    assert (early.status, early.due_ms) == ("early", next_ms)

@@ -14,7 +14,8 @@ for i = 3, #ARGV do
     out[#out + 1] = {r[1] or 'missing'}
   else
     local due = tonumber(r[2] or r[3])
-    if due > now + tonumber(ARGV[2]) then
+    -- Never early for a retry: its due time keeps it a floor (1 s) after the attempt before.
+    if due > now + (r[1] == 'retrying' and 0 or tonumber(ARGV[2])) then
       -- A stale message: the feed that sent it hid the timer; show it again at its due time.
       redis.call('ZADD', KEYS[1], 'XX', due, id)
       out[#out + 1] = {'early', due}
