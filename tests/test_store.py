@@ -1,5 +1,6 @@
 """The timer store's scripts on a real Redis: ids, batch claims and batch finishes."""
 
+import itertools
 import time
 
 import pytest
@@ -27,8 +28,13 @@ def test_ids_come_from_the_redis_clock_in_100_microsecond_units(store):
 
 
 def test_ids_increase_across_shards_in_creation_order_and_never_repeat(store):
-    ids = [store.create("https://x.test/h", 60_000, k % 4)[0] for k in range(200)]
-    assert ids == sorted(ids)
+    made = [store.create("https://x.test/h", 60_000, k % 4) for k in range(200)]
+    ids = [timer_id for timer_id, _, _ in made]
+    # The contract orders creates at least 1 ms apart, not back-to-back ones less than the id
+    # clock's 100 microseconds apart on different shards (a flake seen here): 2 ms on the Redis
+    # clock, which it reads in whole ms, are at least 1 ms.
+    assert all(later > earlier for (earlier, _, at), (later, _, then) in itertools.combinations(made, 2)
+               if then - at >= 2)
     assert len(set(ids)) == 200
     assert [home_shard(i) for i in ids] == [k % 4 for k in range(200)]
 
