@@ -13,7 +13,7 @@ import redis
 from api import openapi
 from api.auth import BearerAuth
 from api.middleware import RequestContext
-from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem
+from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem, TimerRun
 from api.validation import TimerIdConverter
 from sharding import config
 from sharding.balancer import LeastBusy
@@ -72,7 +72,10 @@ def create_app(settings=None, store=None):
     app.add_error_handler(redis.exceptions.RedisError, _redis_unavailable)
     app.add_route("/timers", TimerCollection(store, balancer, settings))
     app.router_options.converters["timer_id"] = TimerIdConverter
-    app.add_route("/timers/{timer_id:timer_id}", TimerItem(store, settings))
+    app.add_route("/timers/run", TimerRun(store, settings))
+    item = TimerItem(store, settings)
+    app.add_route("/timers/{timer_id:timer_id}", item)
+    app.add_route("/timers/{timer_id:timer_id}/run", item, suffix="run")
     app.add_route("/shards", Shards(store, settings))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(settings.effective_redis_url()))

@@ -13,9 +13,9 @@ import falcon.media
 import redis
 
 from api.idempotency import IdempotencyKeys, check_key, fingerprint
-from api.validation import FieldError, parse_create, parse_reschedule
+from api.validation import FieldError, parse_create, parse_reschedule, parse_run, url_host
 from sharding import metrics, queues
-from sharding.store import STATUSES, BeyondMaxDelay, now_ms
+from sharding.store import STATUSES, BeyondMaxDelay, home_shard, now_ms
 
 log = logging.getLogger("api")
 
@@ -24,6 +24,9 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 # Header values may carry the receiver's credentials: write-only (shared/CONTRACT.md section 3).
 REDACTED = "<redacted>"
+# POST /timers/run: failed timers looked at per request (in pages), so one request's work is bounded.
+RUN_PAGE = 500
+RUN_MAX_EXAMINED = 5000
 
 def _no_duplicate_keys(pairs):
     keys = [key for key, _ in pairs]
@@ -61,7 +64,9 @@ def timer_view(timer_id, record, now):
 
     A timer with a payload adds ``body`` (as given), ``content_type`` (the one
     the webhook is sent with) and ``headers`` (each value :data:`REDACTED`),
-    each only when it has one.
+    each only when it has one. ``next_attempt_at`` is RFC 3339 UTC while
+    ``retrying``, else None; ``retry`` appears only for a timer created with
+    its own limits.
     """
     view = {
         "id": timer_id,
@@ -71,6 +76,8 @@ def timer_view(timer_id, record, now):
         "url": record["url"],
         "attempts": record["attempts"],
         "last_error": record["last_error"],
+        "next_attempt_at": (rfc3339_ms(record["next_attempt_at"])
+                            if record["next_attempt_at"] is not None else None),
     }
     payload = record.get("payload")
     if payload is not None:
@@ -80,6 +87,8 @@ def timer_view(timer_id, record, now):
             view["content_type"] = payload.media_type
         if payload.headers:
             view["headers"] = dict.fromkeys(payload.headers, REDACTED)
+    if record["retry"]:
+        view["retry"] = record["retry"]
     return view
 
 
@@ -223,7 +232,7 @@ class TimerCollection:
         try:
             timer_id, record, created = self.store.create(
                 timer.url, timer.delay_s * 1000, shard, req.context.request_id, at_ms=timer.fire_at_ms,
-                max_delay_ms=max_delay * 1000, payload=timer.payload)
+                max_delay_ms=max_delay * 1000, payload=timer.payload, retry=timer.retry)
         except BeyondMaxDelay:
             raise _beyond_max_delay(max_delay) from None
         metrics.TIMER_CREATED.inc()
@@ -245,7 +254,8 @@ class TimerCollection:
 
 
 class TimerItem:
-    """``GET /timers/{id}`` reads a timer; ``PATCH`` reschedules it; ``DELETE`` cancels it."""
+    """``GET /timers/{id}`` reads a timer; ``PATCH`` reschedules it; ``DELETE`` cancels it;
+    ``POST /timers/{id}/run`` runs it now."""
 
     def __init__(self, store, settings):
         self.store = store
@@ -275,24 +285,73 @@ class TimerItem:
                                                         max_delay * 1000)
         except BeyondMaxDelay:
             raise _beyond_max_delay(max_delay) from None
-        if status == "missing":
-            raise self._not_found(timer_id)
         if record is None:
-            raise falcon.HTTPConflict(title="Timer cannot be rescheduled",
-                                      description=f"timer {timer_id} is already {status}")
+            # Not rescheduled: unknown (404), or no longer scheduled or retrying (409).
+            self._refuse(timer_id, status, (status,), "Timer cannot be rescheduled")
         log.info("timer rescheduled", extra={"timer_id": timer_id, "fire_at": record["fire_at"]})
         resp.media = timer_view(timer_id, record, now)
+    def _refuse(self, timer_id, status, too_late, title):
+        """404 when ``status`` is ``missing``; 409 titled ``title`` when it is in ``too_late``."""
+        if status == "missing":
+            raise self._not_found(timer_id)
+        if status in too_late:
+            raise falcon.HTTPConflict(title=title, description=f"timer {timer_id} is already {status}")
 
     def on_delete(self, req, resp, timer_id):
         """204 when cancelled (or already), 409 once firing, fired or failed, 404 when unknown."""
         status = self.store.cancel(timer_id)
-        if status == "missing":
-            raise self._not_found(timer_id)
-        if status in ("firing", "fired", "failed"):
-            raise falcon.HTTPConflict(title="Timer cannot be cancelled",
-                                      description=f"timer {timer_id} is already {status}")
+        self._refuse(timer_id, status, ("firing", "fired", "failed"), "Timer cannot be cancelled")
         log.info("timer cancelled", extra={"timer_id": timer_id, "was": status})
         resp.status = falcon.HTTP_204
+
+    def on_post_run(self, req, resp, timer_id):
+        """202 with the timer, now due (a failed one re-driven); 409 once firing, fired or
+        cancelled; 404 when unknown (``shared/CONTRACT.md`` section 4)."""
+        status, record, now = self.store.run_now(timer_id)
+        self._refuse(timer_id, status, ("firing", "fired", "cancelled"), "Timer cannot be run")
+        log.info("timer run now", extra={"timer_id": timer_id, "was": status})
+        resp.status = falcon.HTTP_202
+        resp.media = timer_view(timer_id, record, now)
+
+
+class TimerRun:
+    """``POST /timers/run``: re-drive failed timers in bulk (``shared/CONTRACT.md`` section 4).
+
+    Pages through the shards' failed-timer indexes (by finish time, from
+    ``since``) as ``GET /timers?status=failed`` does, never a scan, and stops
+    after :data:`RUN_MAX_EXAMINED` timers: a ``next_cursor`` in the answer
+    continues from there. Each re-drive is one script per shard and page that
+    re-drives only timers still failed, so a repeated request, or the same
+    request from two API hosts at once, re-drives each timer once.
+    """
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+
+    def on_post(self, req, resp):
+        """200 ``{"matched": n, "run": n, "next_cursor": str or null}`` (``run`` is 0 on a dry run)."""
+        host, since, dry_run, cursor = parse_run(read_json_body(req))
+        position = decode_cursor(cursor, "failed") if cursor else (since or float("-inf"), "")
+        indexes = self.store.known_shards(self.settings.shards)
+        matched = run = examined = 0
+        while position is not None and examined < RUN_MAX_EXAMINED:
+            items, position = self.store.list("failed", indexes, RUN_PAGE, position)
+            examined += len(items)
+            ids = [timer_id for timer_id, record in items if host is None or url_host(record["url"]) == host]
+            matched += len(ids)
+            if not dry_run:
+                run += self._redrive(ids)
+        log.info("timers re-driven", extra={"host": host, "since": since, "dry_run": dry_run,
+                                            "matched": matched, "run": run})
+        resp.media = {"matched": matched, "run": run,
+                      "next_cursor": encode_cursor("failed", position) if position else None}
+
+    def _redrive(self, timer_ids):
+        by_shard = {}
+        for timer_id in timer_ids:
+            by_shard.setdefault(home_shard(timer_id), []).append(timer_id)
+        return sum(self.store.run(ids, failed_only=True).count("failed") for ids in by_shard.values())
 
 
 class Shards:

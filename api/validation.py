@@ -1,4 +1,5 @@
-"""Validation of create-timer and reschedule request bodies (``shared/CONTRACT.md`` sections 2 and 4)."""
+"""Validation of request bodies: create and reschedule (``shared/CONTRACT.md`` sections 2 and 4),
+and bulk re-drive (section 4)."""
 
 import datetime
 import functools
@@ -16,7 +17,11 @@ MAX_URL_LENGTH = 2048
 DURATION_FIELDS = {"hours": 3600, "minutes": 60, "seconds": 1}
 SCHEDULE_FIELDS = frozenset(DURATION_FIELDS) | {"fire_at"}
 PAYLOAD_FIELDS = frozenset({"body", "content_type", "headers"})
-ALLOWED_FIELDS = SCHEDULE_FIELDS | PAYLOAD_FIELDS | {"url"}
+ALLOWED_FIELDS = SCHEDULE_FIELDS | PAYLOAD_FIELDS | {"url", "retry"}
+# The optional ``retry`` object of a create: field -> (least, greatest or None).
+RETRY_FIELDS = {"max_attempts": (1, 100), "max_seconds": (0, None)}
+# The body of POST /timers/run.
+RUN_FIELDS = frozenset({"status", "host", "since", "dry_run", "cursor"})
 MAX_BODY_BYTES = 16 * 1024
 MAX_HEADERS = 20
 MAX_HEADER_VALUE = 1024
@@ -123,12 +128,14 @@ def check_host(host):
 
 class TimerRequest(NamedTuple):
     """A valid create-timer body: ``delay_s`` (seconds from now; 0 with ``fire_at_ms``),
-    ``url``, ``fire_at_ms`` (epoch ms, or None), ``payload`` (``sharding.store.Payload`` or None)."""
+    ``url``, ``fire_at_ms`` (epoch ms, or None), ``payload`` (``sharding.store.Payload`` or None),
+    ``retry`` (the timer's own limits, see :func:`parse_retry`, or None)."""
 
     delay_s: int
     url: str
     fire_at_ms: int | None = None
     payload: Payload | None = None
+    retry: dict | None = None
 
 
 def _object(body, allowed):
@@ -159,7 +166,7 @@ def parse_create(body, max_delay_seconds):
     delay, fire_at_ms = parse_schedule(body, max_delay_seconds)
     if "url" not in body:
         raise FieldError("url", "is required")
-    return TimerRequest(delay, check_url(body["url"]), fire_at_ms, parse_payload(body))
+    return TimerRequest(delay, check_url(body["url"]), fire_at_ms, parse_payload(body), parse_retry(body))
 
 
 def parse_reschedule(body, max_delay_seconds):
@@ -212,6 +219,15 @@ def parse_schedule(body, max_delay_seconds):
 
 
 def parse_fire_at(value):
+    """``fire_at`` of a create or reschedule body → epoch ms (see :func:`parse_rfc3339`).
+
+    Raises:
+        FieldError: on ``fire_at``.
+    """
+    return parse_rfc3339("fire_at", value)
+
+
+def parse_rfc3339(field, value):
     """An RFC 3339 date-time with an offset (``2026-12-24T18:00:00+01:00``, ``...Z``) → epoch ms.
 
     Parsed by ``ciso8601.parse_rfc3339``, a strict RFC 3339 parser: a date
@@ -220,15 +236,15 @@ def parse_fire_at(value):
     Fractions below a millisecond are dropped.
 
     Raises:
-        FieldError: on ``fire_at``.
+        FieldError: on ``field``.
     """
     rule = "must be an RFC 3339 date-time with an offset, e.g. 2026-12-24T18:00:00+01:00 or ...Z"
     if not isinstance(value, str):
-        raise FieldError("fire_at", rule)
+        raise FieldError(field, rule)
     try:
         when = ciso8601.parse_rfc3339(value)
     except ValueError as exc:
-        raise FieldError("fire_at", f"{rule} ({printable(str(exc))})") from None
+        raise FieldError(field, f"{rule} ({printable(str(exc))})") from None
     # Aware datetimes subtract without converting to UTC first, so year 1 at +01:00 cannot overflow.
     return (when - _EPOCH) // datetime.timedelta(milliseconds=1)
 
@@ -299,6 +315,71 @@ def _headers(value):
             raise FieldError(field, f"the value must be a string of at most {MAX_HEADER_VALUE} visible ASCII "
                                     "characters (inner spaces allowed)")
     return dict(value) or None
+
+
+def parse_retry(body):
+    """Validate the optional ``retry`` object of a create body (``shared/CONTRACT.md`` section 2).
+
+    Args:
+        body: the create body (a dict, as :func:`parse_create` accepted it).
+    Returns:
+        dict with the given ones of ``max_attempts`` (int 1..100) and
+        ``max_seconds`` (int >= 0), or None when absent or empty.
+    Raises:
+        FieldError: on ``retry`` when it is not an object (null too), on ``retry.<name>``
+            for an unknown field or a value that is not an integer in range
+            (booleans, floats, strings and null are not integers).
+    """
+    if "retry" not in body:
+        return None
+    retry = body["retry"]
+    if not isinstance(retry, dict):
+        raise FieldError("retry", "must be an object with max_attempts and/or max_seconds")
+    unknown = sorted(set(retry) - set(RETRY_FIELDS))
+    if unknown:
+        raise FieldError(f"retry.{unknown[0]}", "unknown field; allowed: max_attempts, max_seconds")
+    for name, (least, greatest) in RETRY_FIELDS.items():
+        value = retry.get(name, least)
+        if type(value) is not int or value < least or (greatest is not None and value > greatest):
+            rule = f"in {least}..{greatest}" if greatest is not None else f">= {least}"
+            raise FieldError(f"retry.{name}", f"must be an integer {rule}")
+    return retry or None
+
+
+def parse_run(body):
+    """Validate the body of ``POST /timers/run`` (bulk re-drive, ``shared/CONTRACT.md`` section 4).
+
+    Args:
+        body: the decoded JSON document: ``status`` (``"failed"``, the
+            default), optional ``host``, ``since`` (RFC 3339), ``dry_run``
+            (boolean, default false) and ``cursor`` (``next_cursor`` of a
+            previous answer).
+    Returns:
+        (host lower-cased or None, since epoch ms or None, dry_run bool, cursor str or None).
+    Raises:
+        falcon.HTTPBadRequest: the body is not a JSON object.
+        FieldError: an unknown field or a value of the wrong type.
+    """
+    _object(body, RUN_FIELDS)
+    if body.get("status", "failed") != "failed":
+        raise FieldError("status", 'must be "failed": only failed timers are re-driven in bulk')
+    host = body.get("host")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise FieldError("host", "must be a non-empty string (a webhook URL's host)")
+    since = body.get("since")
+    dry_run = body.get("dry_run", False)
+    if type(dry_run) is not bool:
+        raise FieldError("dry_run", "must be a boolean")
+    cursor = body.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise FieldError("cursor", "is not a cursor this API returned")
+    return (host.strip("[]").rstrip(".").lower() if host else None,
+            None if since is None else parse_rfc3339("since", since), dry_run, cursor)
+
+
+def url_host(url):
+    """The host of a stored webhook URL, lower-cased, as ``host`` of ``POST /timers/run`` matches it."""
+    return (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
 
 
 class TimerIdConverter(falcon.routing.BaseConverter):

@@ -755,7 +755,7 @@ def bench_recovery(store, client, scale, settings, populate_mode):
         began_run = time.monotonic()
         hidden = _hide_all(store, shards, visibility_ms)
         began = time.perf_counter()
-        counts = recover(store, balancer, shards, settings.webhook_max_attempts, visibility_ms, grace_ms=None)
+        counts = recover(store, balancer, shards, settings.retry_limits, visibility_ms, grace_ms=None)
         seconds = time.perf_counter() - began
         now = now_ms(client)
         due = sum(client.zcount(store.shard(i).due_key, "-inf", now) for i in range(shards))

@@ -6,9 +6,12 @@ shard's keys share one Redis Cluster slot and one Lua script may touch them):
 * ``t:{ti}:<id>`` hash, the timer record. Short field names keep a
   million pending timers small: ``u`` url, ``f`` fire time, ``s`` status,
   ``a`` attempts (absent until the first claim), ``r`` request id, ``d`` due time of the next attempt
-  (absent: the fire time), ``l`` lease end, ``e`` last error, ``x`` finished;
-  the optional payload, stored only when the timer was created with it:
-  ``b`` body, ``c`` content type, ``h`` headers (compact JSON object).
+  (absent: the fire time), ``l`` lease end, ``e`` last error, ``x`` finished.
+  Written only when needed, so a timer that uses none costs nothing: the
+  payload, ``b`` body, ``c`` content type, ``h`` headers (compact JSON
+  object); ``m`` and ``w`` the timer's own attempt limit and retry window in
+  seconds (its ``retry`` object), ``p`` the start of the first attempt (set at
+  the first retry), ``k`` the attempts made before its last re-drive.
   Times are epoch milliseconds from the Redis clock (``TIME``). Finished
   records (fired, failed, cancelled) expire after the retention period.
 * ``due:{ti}`` sorted set: every pending timer (``scheduled`` or
@@ -67,8 +70,10 @@ FINAL = ("fired", "failed", "cancelled")
 # 2026-01-01T00:00:00Z in units of 100 microseconds: ids count from there.
 ID_EPOCH_UNITS = 1_767_225_600 * 10_000
 SHARDS_KEY = "timers:shards"
+# Two attempts of one timer are never closer than this, unless Retry-After asks (contract section 5).
+RETRY_FLOOR_MS = 1000
 
-_RECORD_FIELDS = ("u", "f", "s", "a", "e", "b", "c", "h")
+_RECORD_FIELDS = ("u", "f", "s", "a", "e", "d", "m", "w", "b", "c", "h")
 # What a webhook with a body but no content type is sent with (shared/CONTRACT.md section 2).
 DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
@@ -118,17 +123,41 @@ class Payload:
 
 def _record(fields):
     """A record dict from the HMGET of :data:`_RECORD_FIELDS`, or None if absent."""
-    url, fire, status, attempts, error, body, content_type, headers = fields
+    (url, fire, status, attempts, error, due, max_attempts, max_seconds,
+     body, content_type, headers) = fields
     if status is None:
         return None
-    return {"url": url.decode(), "fire_at": int(fire), "status": status.decode(),
+    status = status.decode()
+    retry = {name: int(value) for name, value in (("max_attempts", max_attempts),
+                                                   ("max_seconds", max_seconds)) if value is not None}
+    return {"url": url.decode(), "fire_at": int(fire), "status": status,
             "attempts": int(attempts or 0), "last_error": error.decode() if error else None,
-            "payload": Payload.from_fields(body, content_type, headers)}
+            "next_attempt_at": int(due) if status == "retrying" and due else None,
+            "retry": retry or None, "payload": Payload.from_fields(body, content_type, headers)}
 
 
 def _optional(number):
     """A script argument for an optional integer: the integer, or '' for None."""
     return "" if number is None else int(number)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryLimits:
+    """The default limits of a timer's delivery attempts (a timer's ``retry`` object overrides them).
+
+    ``max_attempts``: attempts before the timer is failed; ``max_seconds``: no
+    attempt starts later than this many seconds after the first attempt
+    began. Whichever ends first ends the retries. Applied by the state-changing
+    scripts (``sharding/lua/next_attempt.lua``), so the default and a timer's
+    own limits take the same path.
+    """
+
+    max_attempts: int
+    max_seconds: float
+
+    def args(self):
+        """The limits as the scripts' ARGV: max attempts, retry window ms, floor ms."""
+        return [self.max_attempts, int(self.max_seconds * 1000), RETRY_FLOOR_MS]
 
 
 def home_shard(timer_id):
@@ -147,9 +176,10 @@ class Claim:
     """Outcome of :meth:`TimerStore.claim` for one timer.
 
     ``status`` is ``firing`` when this caller now owns the delivery attempt
-    number ``attempt``; ``early`` when the timer is not due until ``due_ms``;
-    else the timer's current status (``missing`` if there is no record).
-    Times are epoch milliseconds.
+    number ``attempt`` (``in_budget``: its number counted from the timer's
+    last re-drive, which backoff grows with); ``early`` when the timer is not
+    due until ``due_ms``; else the timer's current status (``missing`` if
+    there is no record). Times are epoch milliseconds.
     """
 
     timer_id: int
@@ -161,15 +191,20 @@ class Claim:
     due_ms: int = 0
     request_id: str = ""
     payload: Payload | None = None
+    in_budget: int = 0
 
 
 @dataclasses.dataclass
 class Finish:
     """The outcome of delivery attempt ``attempt`` of ``timer_id``, for :meth:`TimerStore.finish`.
 
-    ``status``: ``fired``, ``failed`` or ``retrying``; ``last_error``: short
-    text such as ``HTTP 503`` (empty on success); ``retry_delay_ms``:
-    milliseconds from now (Redis clock) to the next attempt (``retrying`` only).
+    ``status``: ``fired``, ``failed`` or ``retrying`` (asked for: the
+    store turns it into ``failed`` when the timer's limits allow no further
+    attempt); ``last_error``: short text such as ``HTTP 503`` (empty on
+    success); ``retry_delay_ms``: the wait in milliseconds from when the
+    outcome is recorded (Redis clock) to the next attempt (``retrying`` only);
+    ``started_ms``: when the attempt was claimed (epoch ms, Redis clock;
+    0: when recorded), which starts the retry window if it was the first.
     """
 
     timer_id: int
@@ -177,6 +212,7 @@ class Finish:
     status: str
     last_error: str = ""
     retry_delay_ms: int = 0
+    started_ms: int = 0
 
 
 class Shard:
@@ -196,21 +232,22 @@ class Shard:
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
         (self.create, self.feed, self.claim, self.finish, self.renew, self.expire_lease,
-         self.cancel, self.reschedule) = scripts.register(
-            self.redis, "create", "feed", "claim", "finish", "renew", "expire_lease", "cancel", "reschedule")
+         self.cancel, self.reschedule, self.run) = scripts.register(
+            self.redis, "create", "feed", "claim", "finish", "renew", "expire_lease", "cancel",
+            "reschedule", "run")
 
     def create_timer(self, url, delay_ms, request_id="", client=None, at_ms=None, max_delay_ms=None,
-                     payload=None):
+                     fields=()):
         """Run the create script (see :meth:`TimerStore.create`); ``client`` may be a pipeline.
 
+        ``fields``: optional record fields, a flat sequence of name, value, ...
         Returns:
             [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it
             executes); the id is 0 when ``at_ms`` is beyond ``max_delay_ms`` from now.
         """
         args = [self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS]
-        extra = payload.fields() if payload else []
-        if at_ms is not None or extra:
-            args += [_optional(at_ms), _optional(max_delay_ms), *extra]
+        if at_ms is not None or fields:
+            args += [_optional(at_ms), _optional(max_delay_ms), *fields]
         return self.create(keys=[self.seq_key, self.due_key], args=args, client=client)
 
     def record_key(self, timer_id):
@@ -273,7 +310,7 @@ class TimerStore:
         return sorted(known | set(range(count)))
 
     def create(self, url, delay_ms, shard_index, request_id="", *, at_ms=None, max_delay_ms=None,
-               payload=None):
+               payload=None, retry=None):
         """Store a new pending timer on shard ``shard_index``, atomically with its due entry.
 
         Args:
@@ -286,17 +323,24 @@ class TimerStore:
             max_delay_ms: with ``at_ms``, how far from now it may be at most.
             payload: :class:`Payload` or None; only its given parts are stored,
                 so a timer without one costs no more memory.
+            retry: the timer's own limits, a dict with ``max_attempts`` and/or
+                ``max_seconds`` (validated), or None for the defaults (nothing stored).
         Returns:
             (timer id, record dict as :meth:`get` returns it, now epoch ms).
         Raises:
             BeyondMaxDelay: ``at_ms`` is more than ``max_delay_ms`` from now.
         """
+        retry = retry or None
+        fields = payload.fields() if payload else []
+        for name, field in (("max_attempts", "m"), ("max_seconds", "w")):
+            if retry and name in retry:
+                fields += [field, retry[name]]
         timer_id, fire_ms, created_ms = self.shard(shard_index).create_timer(
-            url, delay_ms, request_id, at_ms=at_ms, max_delay_ms=max_delay_ms, payload=payload)
+            url, delay_ms, request_id, at_ms=at_ms, max_delay_ms=max_delay_ms, fields=fields)
         if not timer_id:
             raise BeyondMaxDelay(f"{at_ms} is more than {max_delay_ms} ms after {created_ms}")
         record = {"url": url, "fire_at": fire_ms, "status": "scheduled", "attempts": 0,
-                  "last_error": None, "payload": payload}
+                  "last_error": None, "next_attempt_at": None, "retry": retry, "payload": payload}
         return timer_id, record, created_ms
 
     def get(self, timer_id):
@@ -305,7 +349,9 @@ class TimerStore:
         Returns:
             (record, now epoch ms), the record a dict with ``url``, ``fire_at``
             (epoch ms), ``status``, ``attempts``, ``last_error`` (None when
-            empty) and ``payload`` (:class:`Payload`, None when it has none);
+            empty), ``next_attempt_at`` (epoch ms while ``retrying``, else
+            None), ``retry`` (the timer's own limits or None) and ``payload``
+            (:class:`Payload`, None when it has none);
             ``(None, now)`` when there is no such timer.
         """
         shard = self._home(timer_id)
@@ -402,7 +448,9 @@ class TimerStore:
             timer_ids: non-empty list of ids with the same home shard.
             lease_ms: how long one delivery attempt may take before recovery
                 may take the timer back.
-            early_ms: how far before its due time a timer may still be claimed.
+            early_ms: how far before its due time a ``scheduled`` timer may still
+                be claimed (a ``retrying`` one never is: its due time keeps the
+                1 s floor between attempts).
         Returns:
             list of :class:`Claim`, in the order of ``timer_ids``.
         Raises:
@@ -420,27 +468,33 @@ class TimerStore:
             else:
                 claims.append(Claim(timer_id, status, attempt=int(res[1]), url=res[2].decode(),
                                     fire_at_ms=int(res[3]), now_ms=int(res[4]),
-                                    request_id=res[5].decode(), payload=Payload.from_fields(*res[6:9])))
+                                    request_id=res[5].decode(), in_budget=int(res[6]),
+                                    payload=Payload.from_fields(*res[7:10])))
         return claims
 
-    def finish(self, outcomes):
+    def finish(self, outcomes, limits):
         """Record the outcomes of delivery attempts on timers of one shard, in one script.
+
+        A ``retrying`` outcome becomes ``failed`` when the timer's limits
+        (its own ``retry`` object, else ``limits``) allow no further attempt.
 
         Args:
             outcomes: non-empty list of :class:`Finish`.
+            limits: the default :class:`RetryLimits`.
         Returns:
-            list of (applied, next attempt epoch ms), in the order of
-            ``outcomes``; applied is False when the attempt no longer owns the timer.
+            list of (applied, status, next attempt epoch ms), in the order of
+            ``outcomes``; applied is False (and status the timer's current
+            one) when the attempt no longer owns the timer.
         Raises:
             ValueError: the timers are not all on one shard.
         """
         ids = [outcome.timer_id for outcome in outcomes]
         shard = self._one_shard(ids)
-        args = [self.retention_ms]
+        args = [self.retention_ms, *limits.args()]
         for o in outcomes:
-            args += [o.timer_id, o.attempt, o.status, o.last_error, int(o.retry_delay_ms)]
-        return [(bool(applied), int(next_ms))
-                for applied, next_ms in shard.finish(keys=shard.timer_keys(ids), args=args)]
+            args += [o.timer_id, o.attempt, o.status, o.last_error, int(o.retry_delay_ms), o.started_ms]
+        return [(bool(applied), status.decode(), int(next_ms))
+                for applied, status, next_ms in shard.finish(keys=shard.timer_keys(ids), args=args)]
 
     def renew(self, claims, lease_ms):
         """Extend the leases of claimed timers of one shard that are still being delivered.
@@ -461,8 +515,12 @@ class TimerStore:
             args += [claim.timer_id, claim.attempt]
         return int(shard.renew(keys=shard.timer_keys(ids), args=args))
 
-    def expire_lease(self, timer_id, max_attempts):
+    def expire_lease(self, timer_id, limits):
         """Take back a ``firing`` timer whose lease ran out.
+
+        It is due again at once unless its limits (its own ``retry`` object,
+        else the default :class:`RetryLimits` ``limits``) allow no further
+        attempt; then it is failed.
 
         Returns:
             ``"retrying"``, ``"failed"``, or None when the lease still holds
@@ -470,8 +528,45 @@ class TimerStore:
         """
         shard = self._home(timer_id)
         res = shard.expire_lease(keys=shard.timer_keys([timer_id]),
-                                 args=[timer_id, max_attempts, self.retention_ms])
+                                 args=[timer_id, self.retention_ms, *limits.args()])
         return res.decode() if res else None
+
+    def run(self, timer_ids, failed_only=False):
+        """Make timers of one shard due now, in one script (atomic with claims, cancels and recovery).
+
+        A ``scheduled`` timer's fire time becomes now; a ``retrying`` one's
+        next attempt is now (both keep their attempts); a ``failed`` one is
+        re-driven: ``retrying``, due now, with a fresh attempt budget and
+        retry window, its attempt count and last error kept. Other timers are
+        left as they are.
+
+        Args:
+            timer_ids: non-empty list of ids with the same home shard.
+            failed_only: leave pending timers too (bulk re-drive).
+        Returns:
+            list of the status each timer had (``missing`` when unknown), in
+            the order of ``timer_ids``.
+        Raises:
+            ValueError: the ids are not all on one shard.
+        """
+        shard = self._one_shard(timer_ids)
+        return [status.decode() for status in shard.run(keys=shard.timer_keys(timer_ids),
+                                                         args=[int(failed_only), *timer_ids])]
+
+    def run_now(self, timer_id):
+        """:meth:`run` on one timer, and the timer as the run left it (one MULTI transaction).
+
+        Returns:
+            (the status it had or ``missing``, its record as :meth:`get`
+            returns it or None, now epoch ms).
+        """
+        shard = self._home(timer_id)
+        pipe = shard.redis.pipeline(transaction=True)
+        shard.run(keys=shard.timer_keys([timer_id]), args=[0, timer_id], client=pipe)
+        pipe.hmget(shard.record_key(timer_id), *_RECORD_FIELDS)
+        pipe.time()
+        [was], fields, (secs, micros) = pipe.execute()
+        return was.decode(), _record(fields), secs * 1000 + micros // 1000
 
     def cancel(self, timer_id):
         """Cancel a pending timer so that it never fires.

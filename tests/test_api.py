@@ -85,9 +85,11 @@ def test_create_then_read_a_timer(service, receiver):
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/json")
     body = response.json()
-    assert {k: body[k] for k in ("id", "time_left", "status", "url", "attempts", "last_error")} == {
+    assert {k: body[k] for k in ("id", "time_left", "status", "url", "attempts", "last_error",
+                                 "next_attempt_at")} == {
         "id": timer_id, "time_left": 10, "status": "scheduled", "url": url, "attempts": 0,
-        "last_error": None}
+        "last_error": None, "next_attempt_at": None}
+    assert "retry" not in body
     fire_at = body["fire_at"]
     assert isinstance(fire_at, str)
     assert RFC3339_UTC.match(fire_at), fire_at
@@ -178,8 +180,23 @@ def _bad_input_cases(service, existing_id):
         ({"url": url, "hours": 8761}, "hours"),
         ({"url": url, "seconds": 31_536_001}, "seconds"),
         ({"url": url, "seconds": 10**30}, "seconds"),
+        ({"url": url, "retry": 3}, "retry"),
+        ({"url": url, "retry": None}, "retry"),
+        ({"url": url, "retry": {"max_attempts": 0}}, "retry.max_attempts"),
+        ({"url": url, "retry": {"max_attempts": 101}}, "retry.max_attempts"),
+        ({"url": url, "retry": {"max_attempts": 2.5}}, "retry.max_attempts"),
+        ({"url": url, "retry": {"max_seconds": -1}}, "retry.max_seconds"),
+        ({"url": url, "retry": {"max_seconds": "60"}}, "retry.max_seconds"),
+        ({"url": url, "retry": {"attempts": 3}}, "retry.attempts"),
     ]:
         cases.append((f"body {json.dumps(body)[:60]}", lambda body=body: _post(service, body), 400, field))
+    for body, field in [
+        ({"status": "retrying"}, "status"), ({"dry_run": "false"}, "dry_run"), ({"host": 7}, "host"),
+        ({"since": "yesterday"}, "since"), ({"since": "2026-01-01T00:00:00"}, "since"),
+        ({"cursor": "nope"}, "cursor"), ({"hosts": "x.test"}, "hosts"),
+    ]:
+        cases.append((f"run {json.dumps(body)}", lambda body=body: _post(service, body, "/timers/run"), 400,
+                      field))
 
     valid = json.dumps({"url": url, "seconds": 3600}).encode()
     too_big = valid + b" " * (MAX_BODY + 1 - len(valid))

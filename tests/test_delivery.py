@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import wait_until, whole_service
+from tests.harness import wait_until
 
 
 def fire_at_epoch(text):
@@ -31,19 +31,6 @@ def settled(service):
     """
     shards = requests.get(f"{service.url}/shards", timeout=5).json()["shards"]
     return all(s["queued"] == 0 and s.get("in_flight", 0) == 0 for s in shards)
-
-
-@pytest.fixture(scope="module")
-def live(redis_server, tmp_path_factory):
-    """The whole service, every consumer started, shared by this module's tests.
-
-    One service for every test here keeps the module fast; each test looks
-    only at its own timers and waits until they have left every queue. Tests
-    that start a service of their own live in other modules: this one's
-    consumers would deliver their timers too.
-    """
-    with whole_service(redis_server, str(tmp_path_factory.mktemp("delivery"))) as service:
-        yield service
 
 
 @pytest.fixture(autouse=True)

@@ -5,16 +5,36 @@ create-body validation and the home shard of an id."""
 import calendar
 import email.utils
 import itertools
+import os
+import random
 
 import falcon
 import pytest
 
 from api.resources import rfc3339_ms, time_left_s, timer_view
-from api.validation import MAX_URL_LENGTH, FieldError, parse_create, parse_fire_at, parse_reschedule
+from api.validation import (
+    MAX_URL_LENGTH,
+    FieldError,
+    parse_create,
+    parse_fire_at,
+    parse_reschedule,
+    parse_retry,
+    parse_run,
+)
 from sharding.balancer import LeastBusy
+from sharding.config import DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_MAX_RETRY_SECONDS
 from sharding.queues import MAX_TIMERS_PER_MESSAGE, message_for, timers_of
 from sharding.store import Payload, home_shard
-from workers.delivery import backoff_s, classify, parse_retry_after, webhook_url
+from tests.harness import ROOT
+from workers.delivery import (
+    backoff_ceiling_s,
+    backoff_s,
+    classify,
+    parse_retry_after,
+    schedule,
+    schedule_table,
+    webhook_url,
+)
 
 MAX_DELAY = 31_536_000
 
@@ -77,20 +97,54 @@ def test_classify_retry_honours_retry_after():
 # --- workers.delivery.backoff_s ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("attempt", "ceiling"), [
-    (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0), (10, 512.0), (12, 2048.0),
-    (13, 3600.0), (20, 3600.0), (1000, 3600.0),
+    (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 32.0), (10, 1024.0), (11, 2048.0),
+    (12, 3600.0), (20, 3600.0), (1000, 3600.0),
 ])
-def test_backoff_ceiling_doubles_and_is_capped(attempt, ceiling):
-    assert backoff_s(attempt, rng=lambda: 1.0) == ceiling
-    assert backoff_s(attempt, rng=lambda: 0.5) == ceiling / 2
-    assert backoff_s(attempt, rng=lambda: 0.0) == 0.0
+def test_backoff_is_equal_jitter_between_half_the_ceiling_and_the_ceiling(attempt, ceiling):
+    assert backoff_ceiling_s(attempt) == ceiling
+    assert backoff_s(attempt, rng=lambda: 0.0) == ceiling / 2
+    assert backoff_s(attempt, rng=lambda: 0.5) == ceiling * 3 / 4
+    assert backoff_s(attempt, rng=lambda: 0.999999) == pytest.approx(ceiling, rel=1e-5)
 
 
-def test_backoff_default_rng_within_ceiling():
-    for attempt in (1, 2, 3, 8, 50):
-        ceiling = min(3600.0, 2.0 ** (attempt - 1))
-        for _ in range(50):
-            assert 0.0 <= backoff_s(attempt) <= ceiling
+def test_backoff_with_a_seeded_random_source_keeps_its_bounds():
+    rng = random.Random(12)
+    for attempt in range(1, 60):
+        ceiling = min(3600.0, 2.0 * 2 ** (attempt - 1))
+        waits = [backoff_s(attempt, rng=rng.random) for _ in range(200)]
+        # Never below the 1 s floor, never above the 1 h cap, at least half of each wait kept.
+        assert all(max(1.0, ceiling / 2) <= w <= ceiling <= 3600.0 for w in waits)
+        # Jittered: the waits spread over the upper half, not one value.
+        assert max(waits) - min(waits) > ceiling / 4
+
+
+def test_the_default_schedule_keeps_retrying_for_24_hours_and_no_longer():
+    rows = schedule(DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_MAX_RETRY_SECONDS)
+    assert DEFAULT_WEBHOOK_MAX_ATTEMPTS >= 25 and DEFAULT_WEBHOOK_MAX_RETRY_SECONDS == 86_400
+    # The attempt limit never binds first: the 24 h window ends the schedule.
+    assert len(rows) < DEFAULT_WEBHOOK_MAX_ATTEMPTS
+    assert rows[-1][2] == (86_400, 86_400)
+    assert all(late <= 86_400 for _, _, (_, late) in rows)
+    assert all(wait[0] >= 1.0 and wait[1] <= 3600 for _, wait, _ in rows[1:])
+    # Even with the longest waits, attempts go on until 24 h: a day-long outage is ridden out.
+    assert [n for n, _, (_, late) in rows if late == 86_400][0] < len(rows)
+
+
+def test_schedule_stops_at_the_attempt_limit_and_a_short_window():
+    assert [n for n, _, _ in schedule(3, 86_400)] == [1, 2, 3]
+    assert schedule(5, 20) == [(1, None, (0.0, 0.0)), (2, (1.0, 2.0), (1.0, 2.0)),
+                               (3, (2.0, 4.0), (3.0, 6.0)), (4, (4.0, 8.0), (7.0, 14.0)),
+                               (5, (8.0, 16.0), (15.0, 20.0))]
+    assert schedule(10, 0) == [(1, None, (0.0, 0.0))]
+
+
+def test_the_readme_schedule_table_is_the_codes_output():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    begin, end = "<!-- schedule: python -m workers.delivery --schedule -->\n", "\n<!-- /schedule -->"
+    assert begin in readme and end in readme
+    table = readme[readme.index(begin) + len(begin):readme.index(end)]
+    assert table == schedule_table(DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_MAX_RETRY_SECONDS)
 
 
 # --- workers.delivery.parse_retry_after -------------------------------------------------------------
@@ -464,7 +518,8 @@ def test_parse_fire_at_refuses_what_is_not_rfc3339_with_an_offset(text):
 
 
 def test_parse_create_fire_at_excludes_durations_and_payload_is_optional():
-    assert parse_create({"url": URL, "fire_at": "1970-01-01T00:00:01Z"}, MAX_DELAY) == (0, URL, 1000, None)
+    assert parse_create({"url": URL, "fire_at": "1970-01-01T00:00:01Z"}, MAX_DELAY) == (
+        0, URL, 1000, None, None)
     assert _field_error({"url": URL, "fire_at": "1970-01-01T00:00:01Z", "seconds": 0}).field == "fire_at"
     timer = parse_create({"url": URL, "body": "b", "headers": {"X-A": "a b"}, "content_type": "text/csv"},
                          MAX_DELAY)
@@ -495,10 +550,57 @@ def test_payload_record_fields_round_trip_and_media_type():
 
 def test_timer_view_redacts_every_header_value_and_adds_payload_fields_only_when_given():
     record = {"url": URL, "fire_at": 1000, "status": "scheduled", "attempts": 0, "last_error": None,
+              "next_attempt_at": None, "retry": None,
               "payload": Payload("b", None, {"Authorization": "Bearer x", "X-B": "y"})}
     view = timer_view(7, record, 0)
     assert (view["body"], view["content_type"]) == ("b", "text/plain; charset=utf-8")
     assert view["headers"] == {"Authorization": "<redacted>", "X-B": "<redacted>"}
     assert "Bearer x" not in repr(view)
     bare = timer_view(7, {**record, "payload": None}, 0)
-    assert set(bare) == {"id", "time_left", "status", "fire_at", "url", "attempts", "last_error"}
+    assert set(bare) == {"id", "time_left", "status", "fire_at", "url", "attempts", "last_error",
+                         "next_attempt_at"}
+# --- api.validation.parse_retry / parse_run -----------------------------------------------------------
+
+@pytest.mark.parametrize(("retry", "field"), [
+    ({"max_attempts": 0}, "retry.max_attempts"), ({"max_attempts": 101}, "retry.max_attempts"),
+    ({"max_attempts": 2.0}, "retry.max_attempts"), ({"max_attempts": True}, "retry.max_attempts"),
+    ({"max_attempts": "3"}, "retry.max_attempts"), ({"max_attempts": None}, "retry.max_attempts"),
+    ({"max_seconds": -1}, "retry.max_seconds"), ({"max_seconds": 1.5}, "retry.max_seconds"),
+    ({"max_attempt": 3}, "retry.max_attempt"), ([1], "retry"), ("x", "retry"), (3, "retry"), (None, "retry"),
+])
+def test_parse_retry_names_the_field_and_rule(retry, field):
+    with pytest.raises(FieldError) as err:
+        parse_retry({"url": "https://x.test/h", "retry": retry})
+    assert err.value.field == field
+    assert err.value.to_dict()["description"].startswith(f"'{field}': ")
+
+
+def test_parse_retry_accepts_the_bounds_and_absence():
+    for retry in ({"max_attempts": 1, "max_seconds": 0}, {"max_attempts": 100}, {"max_seconds": 10**12}):
+        assert parse_retry({"retry": retry}) == retry
+    assert parse_retry({"url": "https://x.test/h"}) is None
+    assert parse_retry({"retry": {}}) is None
+
+
+def test_parse_create_accepts_a_retry_field():
+    assert parse_create({"url": "https://x.test/h", "retry": {"max_attempts": 2}}, 100) == (
+        0, "https://x.test/h", None, None, {"max_attempts": 2})
+
+
+def test_parse_run_defaults_and_fields():
+    assert parse_run({}) == (None, None, False, None)
+    assert parse_run({"status": "failed", "host": "X.Test.", "since": "2026-01-01T01:00:00+01:00",
+                      "dry_run": True}) == ("x.test", 1_767_225_600_000, True, None)
+    assert parse_run({"since": "2026-01-01T00:00:00.5Z"})[1] == 1_767_225_600_500
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"status": "fired"}, "status"), ({"dry_run": "yes"}, "dry_run"), ({"dry_run": 0}, "dry_run"),
+    ({"host": 3}, "host"), ({"host": ""}, "host"), ({"since": "2026-01-01"}, "since"),
+    ({"since": "2026-01-01T00:00:00"}, "since"), ({"since": 0}, "since"), ({"limit": 3}, "limit"),
+    ({"cursor": 3}, "cursor"),
+])
+def test_parse_run_refuses_bad_fields(body, field):
+    with pytest.raises(FieldError) as err:
+        parse_run(body)
+    assert err.value.field == field

@@ -1,9 +1,9 @@
 -- KEYS: the shard's id counter, due. ARGV: record key prefix, shard index, url,
 -- delay ms, request id, id epoch (in 100 microsecond units), then optionally:
 -- fire time epoch ms ('' or absent: now + delay), the longest delay ms allowed
--- ('' or absent: no check), and field/value pairs for the record (a payload:
--- only the fields a timer has are stored). Returns {id, fire, now}, or
--- {0, 0, now} when the fire time is beyond the longest delay (nothing stored).
+-- ('' or absent: no check), and field/value pairs for the record (a payload, a
+-- retry policy: only the fields a timer has are stored). Returns {id, fire, now},
+-- or {0, 0, now} when the fire time is beyond the longest delay (nothing stored).
 -- The id sequence n is the larger of the counter + 1 and the clock in units of
 -- 100 microseconds since the id epoch (sharding.store.ID_EPOCH_UNITS).
 --! include now
