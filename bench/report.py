@@ -30,9 +30,10 @@ def _detail(document, name):
                 f"{c['runs']} pairs x {c['duration_s']:g} s")
     if name == "fire_ratio" and name in d:
         f = d[name]
+        drained = _median(r["seconds"] for r in f["baseline_runs"])
         return (f"product {_median(f['product_rate']):.0f}/s / baseline {_median(f['baseline_rate']):.0f}/s, "
-                f"{f['runs']} pairs x {f['timers']} timers (>= {f['sizing']['work_s']:g} s of baseline "
-                f"work), {f['concurrency']['total']} threads")
+                f"{f['runs']} pairs x {f['timers']} timers (baseline drains in {drained:.1f} s), "
+                f"{f['concurrency']['total']} threads")
     if name.startswith("lateness") and "lateness" in d:
         lt = d["lateness"]
         missing = sum(r["missing"] for r in lt["raw"])
