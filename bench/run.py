@@ -1190,7 +1190,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Benchmarks of the timer service against baselines.")
     group = parser.add_mutually_exclusive_group()
     helps = {"tiny": "smoke sizes, ~30 s; targets reported, never enforced",
-             "quick": "smaller sizes, at most 90 s (default)", "full": "full sizes, at most 15 min"}
+             "quick": "smaller sizes, about 2 min (default)", "full": "full sizes, at most 15 min"}
     for name in SCALES:
         group.add_argument(f"--{name}", dest="scale", action="store_const", const=name, help=helps[name])
     group.add_argument("--scale", choices=sorted(SCALES), help="scale by name")
