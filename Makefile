@@ -2,7 +2,7 @@
 # make run-cluster - the same on a local Redis Cluster (3 masters + 3 replicas in TIMER_DATA_DIR/cluster)
 # make test - install requirements-dev.txt into .venv and run the test suite
 # make bench / make bench-quick - install requirements-dev.txt and requirements-bench.txt,
-#   then run the benchmarks (full: at most 15 min; quick: at most 90 s; BENCH_SCALE=tiny: ~30 s)
+#   then run the benchmarks (full: at most 15 min; quick: about 2 min; BENCH_SCALE=tiny: ~30 s)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin

@@ -12,7 +12,7 @@ import falcon
 from api import openapi
 from api.auth import BearerAuth
 from api.middleware import RequestContext
-from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem
+from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem, TimerRun
 from api.validation import TimerIdConverter
 from sharding import config
 from sharding.balancer import LeastBusy, NoShardAvailable
@@ -85,7 +85,10 @@ def create_app(settings=None, store=None):
     app.add_error_handler(NotReplicated, _not_replicated)
     app.add_route("/timers", TimerCollection(store, balancer, settings))
     app.router_options.converters["timer_id"] = TimerIdConverter
-    app.add_route("/timers/{timer_id:timer_id}", TimerItem(store))
+    app.add_route("/timers/run", TimerRun(store, settings))
+    item = TimerItem(store, settings)
+    app.add_route("/timers/{timer_id:timer_id}", item)
+    app.add_route("/timers/{timer_id:timer_id}/run", item, suffix="run")
     app.add_route("/shards", Shards(store, settings))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(store.topology))

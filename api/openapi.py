@@ -44,7 +44,24 @@ _AUTH = [{}, {"bearer": []}]
 
 TIMER_EXAMPLE = {"id": 287533320123002, "time_left": 345, "status": "scheduled",
                  "fire_at": "2026-11-29T17:30:00.000Z", "url": "https://example.com/hook",
-                 "attempts": 0, "last_error": None}
+                 "attempts": 0, "last_error": None, "next_attempt_at": None}
+PAYLOAD_TIMER_EXAMPLE = {**TIMER_EXAMPLE, "fire_at": "2026-12-24T17:00:00.000Z",
+                         "body": '{"order": 42}', "content_type": "application/json",
+                         "headers": {"Authorization": "<redacted>"}}
+# RFC 9110 section 5.6.2 token, in the ECMA-262 regex dialect of JSON Schema.
+_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_DURATION = {"hours": {"type": "integer", "minimum": 0, "default": 0},
+             "minutes": {"type": "integer", "minimum": 0, "default": 0},
+             "seconds": {"type": "integer", "minimum": 0, "default": 0}}
+_FIRE_AT = {"type": "string", "format": "date-time", "example": "2026-12-24T18:00:00+01:00",
+            "description": "RFC 3339 date-time with an offset (`Z` or `+01:00`), instead of "
+                           "hours/minutes/seconds (giving both is a 400). A past time fires at once; more "
+                           "than TIMER_MAX_DELAY_SECONDS from now is a 400."}
+# fire_at excludes the duration fields (a 400 when both are given).
+_FIRE_AT_ALONE = {"dependentSchemas": {"fire_at": {"not": {"anyOf": [
+    {"required": ["hours"]}, {"required": ["minutes"]}, {"required": ["seconds"]}]}}}}
+REDRIVEN_EXAMPLE = {**TIMER_EXAMPLE, "time_left": 0, "status": "retrying", "attempts": 10,
+                    "last_error": "HTTP 503", "next_attempt_at": "2026-11-29T17:30:00.000Z"}
 
 
 def _json(schema, example=None):
@@ -63,11 +80,17 @@ def document():
             "title": SERVICE_NAME, "version": VERSION,
             "description": (
                 "Webhook timers: store a timer, read how many seconds are left, and at the fire "
-                "time the service sends `POST <url>/<id>` with an empty body and the headers "
+                "time the service sends `POST <url>/<id>` with an empty body (or the timer's `body`, "
+                "`content_type` and `headers`) and the headers "
                 "`webhook-id`, `webhook-timestamp`, `User-Agent` (and `webhook-signature` per "
                 "Standard Webhooks when `TIMER_WEBHOOK_SECRET` is set). Any 2xx is success; "
                 "connection errors, timeouts, 408, 429 and 5xx are retried with exponential "
-                "backoff and full jitter, honouring Retry-After; other 4xx and every 3xx fail."),
+                "backoff and equal jitter (waits of 1-2 s doubling up to 30-60 min, never "
+                "below 1 s unless Retry-After asks for less, Retry-After capped at 1 h) until "
+                "`TIMER_WEBHOOK_MAX_ATTEMPTS` (60) attempts or `TIMER_WEBHOOK_MAX_RETRY_SECONDS` "
+                "(24 h) after the first attempt, whichever ends first, or the timer's own "
+                "`retry` limits; other 4xx and every 3xx fail at once. Failed timers can be "
+                "re-driven, one or in bulk."),
         },
         "paths": {
             "/timers": {
@@ -126,9 +149,32 @@ def document():
                 "get": {
                     "summary": "Read a timer", "operationId": "getTimer", "security": _AUTH,
                     "parameters": [_TIMER_ID],
-                    "responses": {"200": {"description": "The timer.", "headers": _REQUEST_ID,
-                                          "content": _json(timer_ref, TIMER_EXAMPLE)},
+                    "responses": {"200": {"description": "The timer (here one created with a payload).",
+                                          "headers": _REQUEST_ID,
+                                          "content": _json(timer_ref, PAYLOAD_TIMER_EXAMPLE)},
                                   "401": _UNAUTHORIZED, "404": _NOT_FOUND, "503": _UNAVAILABLE},
+                },
+                "patch": {
+                    "summary": "Reschedule a scheduled or retrying timer", "operationId": "rescheduleTimer",
+                    "security": _AUTH, "parameters": [_TIMER_ID],
+                    "description": "A new `fire_at`, or `hours`/`minutes`/`seconds` from now. Atomic with "
+                                   "claims: of a reschedule and the timer firing, exactly one wins (200 "
+                                   "with the new time, or 409).",
+                    "requestBody": {"required": True, "content": _json(
+                        {"$ref": "#/components/schemas/TimerReschedule"},
+                        {"fire_at": "2026-12-24T18:00:00+01:00"})},
+                    "responses": {
+                        "200": {"description": "The rescheduled timer.", "headers": _REQUEST_ID,
+                                "content": _json(timer_ref, TIMER_EXAMPLE)},
+                        "400": _BAD_REQUEST, "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+                        "409": _error("Not scheduled or retrying (firing, fired, failed or cancelled).",
+                                      "Timer cannot be rescheduled",
+                                      "timer 287533320123002 is already fired"),
+                        "413": _error("Body over 64 KiB.", "Content Too Large",
+                                      "the body must be at most 65536 bytes"),
+                        "415": _error("Content-Type is not application/json.", "Unsupported Media Type",
+                                      "Content-Type must be application/json"),
+                        "503": _UNAVAILABLE},
                 },
                 "delete": {
                     "summary": "Cancel a timer", "operationId": "cancelTimer", "security": _AUTH,
@@ -141,6 +187,43 @@ def document():
                         "503": _UNAVAILABLE},
                 },
             },
+            "/timers/{id}/run": {"post": {
+                "summary": "Run a timer now, or re-drive a failed one", "operationId": "runTimer",
+                "security": _AUTH, "parameters": [_TIMER_ID],
+                "description": "A `scheduled` timer's fire time becomes now; a `retrying` one's next "
+                               "attempt is now (both keep their attempts). A `failed` one is re-driven: "
+                               "`retrying`, due now, with a fresh attempt budget and retry window; "
+                               "`attempts` keeps counting and `last_error` is kept until the next attempt.",
+                "responses": {
+                    "202": {"description": "The timer, now due.", "headers": _REQUEST_ID,
+                            "content": _json(timer_ref, REDRIVEN_EXAMPLE)},
+                    "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+                    "409": _error("Already firing, fired or cancelled.", "Timer cannot be run",
+                                  "timer 287533320123002 is already fired"),
+                    "503": _UNAVAILABLE}}},
+            "/timers/run": {"post": {
+                "summary": "Re-drive failed timers in bulk", "operationId": "runTimers", "security": _AUTH,
+                "description": "Re-drives (or, with `dry_run`, only counts) the failed timers that match, "
+                               "as `POST /timers/{id}/run` does, looking at most 5000 failed timers per "
+                               "request in the failed-timer index (by finish time, never a scan); "
+                               "`next_cursor` continues where it stopped. Only timers still failed are "
+                               "re-driven, so repeating the request, or sending it to two API hosts at "
+                               "once, re-drives each timer once.",
+                "requestBody": {"required": True, "content": _json(
+                    {"$ref": "#/components/schemas/TimerRun"},
+                    {"status": "failed", "host": "example.com", "since": "2026-11-29T00:00:00Z",
+                     "dry_run": True})},
+                "responses": {
+                    "200": {"description": "How many matched and how many this request re-drove.",
+                            "headers": _REQUEST_ID,
+                            "content": _json({"$ref": "#/components/schemas/TimerRunResult"},
+                                             {"matched": 12, "run": 12, "next_cursor": None})},
+                    "400": _BAD_REQUEST, "401": _UNAUTHORIZED,
+                    "413": _error("Body over 64 KiB.", "Content Too Large",
+                                  "the body must be at most 65536 bytes"),
+                    "415": _error("Content-Type is not application/json.", "Unsupported Media Type",
+                                  "Content-Type must be application/json"),
+                    "503": _UNAVAILABLE}}},
             "/shards": {"get": {
                 "summary": "Shard depths", "operationId": "getShards", "security": _AUTH,
                 "responses": {"200": {"description": "One entry per shard.", "content": _json(
@@ -179,17 +262,75 @@ def document():
                     "type": "object", "additionalProperties": False, "required": ["url"],
                     "properties": {
                         # JSON Schema counts 1.0 as an integer; the API refuses it (400).
-                        "hours": {"type": "integer", "minimum": 0, "default": 0},
-                        "minutes": {"type": "integer", "minimum": 0, "default": 0},
-                        "seconds": {"type": "integer", "minimum": 0, "default": 0},
+                        **_DURATION,
+                        "fire_at": _FIRE_AT,
                         "url": {"type": "string", "format": "uri", "maxLength": 2048,
                                 "pattern": "^[hH][tT][tT][pP][sS]?://[^\\s/?#]+[^\\s]*$",
-                                "description": "Absolute http or https URL with a host."}},
-                    "description": "Total delay hours*3600 + minutes*60 + seconds, at most "
-                                   "TIMER_MAX_DELAY_SECONDS (default 365 days)."},
+                                "description": "Absolute http or https URL with a host."},
+                        "body": {"type": "string", "maxLength": 16384,
+                                 "description": "Sent as the webhook's body, UTF-8, at most 16 KiB (16384 "
+                                                "bytes) in UTF-8; signed with it. Shown back as given."},
+                        "content_type": {"type": "string", "maxLength": 255, "example": "application/json",
+                                         "pattern": f"^{_TOKEN}/{_TOKEN}",
+                                         "description": "Media type of the body (default with a body: "
+                                                        "text/plain; charset=utf-8)."},
+                        "headers": {"$ref": "#/components/schemas/WebhookHeaders"},
+                        "retry": {"$ref": "#/components/schemas/RetryLimits"}},
+                    **_FIRE_AT_ALONE,
+                    "description": "When: `fire_at`, or the total delay hours*3600 + minutes*60 + seconds "
+                                   "(default 0), at most TIMER_MAX_DELAY_SECONDS (default 365 days) from "
+                                   "now. What: an optional payload (body, content_type, headers) sent with "
+                                   "every attempt."},
+                "TimerReschedule": {
+                    "type": "object", "additionalProperties": False, "minProperties": 1,
+                    "properties": {**_DURATION, "fire_at": _FIRE_AT},
+                    **_FIRE_AT_ALONE,
+                    "description": "`fire_at`, or a delay hours*3600 + minutes*60 + seconds from now."},
+                "WebhookHeaders": {
+                    "type": "object", "maxProperties": 20,
+                    "propertyNames": {"pattern": f"^{_TOKEN}$"},
+                    "additionalProperties": {"type": "string", "maxLength": 1024,
+                                             "pattern": "^([!-~]([ !-~]*[!-~])?)?$"},
+                    "example": {"Authorization": "Bearer abc123"},
+                    "description": "Sent with the webhook: at most 20, RFC 9110 token names, values of "
+                                   "visible ASCII (inner spaces allowed), at most 1 KiB. Refused (400 naming "
+                                   "it): Host, Content-Length, Transfer-Encoding, Connection and the other "
+                                   "hop-by-hop fields, Content-Type (use content_type) and webhook-*. Values "
+                                   "are write-only: every view shows \"<redacted>\"."},
+                "RetryLimits": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "This timer's own limits, overriding TIMER_WEBHOOK_MAX_ATTEMPTS and "
+                                   "TIMER_WEBHOOK_MAX_RETRY_SECONDS; whichever ends first ends the retries.",
+                    "properties": {
+                        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100,
+                                         "description": "Attempts before the timer is failed."},
+                        "max_seconds": {"type": "integer", "minimum": 0,
+                                        "description": "No attempt starts later than this many seconds "
+                                                       "after the first attempt."}}},
+                "TimerRun": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "status": {"type": "string", "enum": ["failed"], "default": "failed"},
+                        "host": {"type": "string", "minLength": 1,
+                                 "description": "Only timers whose webhook URL has this host "
+                                                "(case-insensitive, port ignored)."},
+                        "since": {"type": "string", "format": "date-time",
+                                  "description": "Only timers that failed at or after this RFC 3339 time."},
+                        "dry_run": {"type": "boolean", "default": False,
+                                    "description": "Only count: `run` is 0 and nothing changes."},
+                        "cursor": {"type": "string",
+                                   "description": "`next_cursor` of the previous answer."}}},
+                "TimerRunResult": {
+                    "type": "object", "required": ["matched", "run"],
+                    "properties": {"matched": {"type": "integer", "minimum": 0},
+                                   "run": {"type": "integer", "minimum": 0},
+                                   "next_cursor": {"type": ["string", "null"],
+                                                   "description": "Set when the request stopped at its "
+                                                                  "bound: send it back as `cursor`."}}},
                 "Timer": {
                     "type": "object",
-                    "required": ["id", "time_left", "status", "fire_at", "url", "attempts", "last_error"],
+                    "required": ["id", "time_left", "status", "fire_at", "url", "attempts", "last_error",
+                                 "next_attempt_at"],
                     "properties": {
                         "id": {"type": "integer", "minimum": 1},
                         "time_left": {"type": "integer", "minimum": 0,
@@ -198,7 +339,17 @@ def document():
                         "fire_at": {"type": "string", "format": "date-time"},
                         "url": {"type": "string"},
                         "attempts": {"type": "integer", "minimum": 0},
-                        "last_error": {"type": ["string", "null"]}}},
+                        "last_error": {"type": ["string", "null"]},
+                        "body": {"type": "string", "description": "Only when created with a body."},
+                        "content_type": {"type": "string",
+                                         "description": "The webhook's Content-Type, when it has one."},
+                        "headers": {"type": "object", "additionalProperties": {"const": "<redacted>"},
+                                    "description": "Only when created with headers: the names, each "
+                                                   "value redacted."},
+                        "next_attempt_at": {"type": ["string", "null"], "format": "date-time",
+                                            "description": "When the next attempt is due while "
+                                                           "`retrying`, else null."},
+                        "retry": {"$ref": "#/components/schemas/RetryLimits"}}},
                 "TimerPage": {
                     "type": "object", "required": ["timers", "next_cursor"],
                     "properties": {"timers": {"type": "array", "items": timer_ref},

@@ -12,9 +12,9 @@ import falcon
 import falcon.media
 
 from api.idempotency import IdempotencyKeys, check_key, fingerprint
-from api.validation import FieldError, parse_create
+from api.validation import FieldError, parse_create, parse_reschedule, parse_run, url_host
 from sharding import metrics, queues
-from sharding.store import STATUSES, NotReplicated, now_ms
+from sharding.store import STATUSES, BeyondMaxDelay, NotReplicated, home_shard, now_ms
 from sharding.topology import REDIS_ERRORS
 
 log = logging.getLogger("api")
@@ -22,6 +22,11 @@ log = logging.getLogger("api")
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+# Header values may carry the receiver's credentials: write-only (shared/CONTRACT.md section 3).
+REDACTED = "<redacted>"
+# POST /timers/run: failed timers looked at per request (in pages), so one request's work is bounded.
+RUN_PAGE = 500
+RUN_MAX_EXAMINED = 5000
 
 def _no_duplicate_keys(pairs):
     keys = [key for key, _ in pairs]
@@ -55,8 +60,15 @@ def time_left_s(record, now):
 
 
 def timer_view(timer_id, record, now):
-    """The JSON representation of a timer (``shared/CONTRACT.md`` section 3)."""
-    return {
+    """The JSON representation of a timer (``shared/CONTRACT.md`` section 3).
+
+    A timer with a payload adds ``body`` (as given), ``content_type`` (the one
+    the webhook is sent with) and ``headers`` (each value :data:`REDACTED`),
+    each only when it has one. ``next_attempt_at`` is RFC 3339 UTC while
+    ``retrying``, else None; ``retry`` appears only for a timer created with
+    its own limits.
+    """
+    view = {
         "id": timer_id,
         "time_left": time_left_s(record, now),
         "status": record["status"],
@@ -64,7 +76,25 @@ def timer_view(timer_id, record, now):
         "url": record["url"],
         "attempts": record["attempts"],
         "last_error": record["last_error"],
+        "next_attempt_at": (rfc3339_ms(record["next_attempt_at"])
+                            if record["next_attempt_at"] is not None else None),
     }
+    payload = record.get("payload")
+    if payload is not None:
+        if payload.body is not None:
+            view["body"] = payload.body
+        if payload.media_type is not None:
+            view["content_type"] = payload.media_type
+        if payload.headers:
+            view["headers"] = dict.fromkeys(payload.headers, REDACTED)
+    if record["retry"]:
+        view["retry"] = record["retry"]
+    return view
+
+
+def _beyond_max_delay(max_delay_seconds):
+    return FieldError("fire_at", f"must be at most {max_delay_seconds} seconds from now "
+                                 "(TIMER_MAX_DELAY_SECONDS)")
 
 
 def _too_large():
@@ -183,10 +213,10 @@ class TimerCollection:
     def on_post(self, req, resp):
         """Create a timer: 201 with ``Location`` and the timer; replays under ``Idempotency-Key``."""
         body = read_json_body(req)
-        delay_s, url = parse_create(body, self.settings.max_delay_seconds)
+        timer = parse_create(body, self.settings.max_delay_seconds)
         key = req.get_header("Idempotency-Key")
         if key is None:
-            response = self._create(req, delay_s, url)
+            response = self._create(req, timer)
         else:
             scope, digest = req.context.get("client", ""), fingerprint(body)
             stored = self.idempotency.begin(scope, check_key(key), digest)
@@ -194,14 +224,14 @@ class TimerCollection:
                 resp.set_header("Idempotent-Replayed", "true")
                 response = stored
             else:
-                response = self._create_once(req, scope, key, digest, stored, delay_s, url)
+                response = self._create_once(req, scope, key, digest, stored, timer)
                 if stored is not None and response["location"] == stored["location"]:
                     resp.set_header("Idempotent-Replayed", "true")
         resp.status = falcon.code_to_http_status(response["status"])
         resp.location = response["location"]
         resp.media = response["body"]
 
-    def _create_once(self, req, scope, key, digest, stored, delay_s, url):
+    def _create_once(self, req, scope, key, digest, stored, timer):
         """Create under an idempotency key, or confirm the timer a first try left unconfirmed.
 
         ``stored`` is None for a first request, or the response of a create
@@ -213,9 +243,9 @@ class TimerCollection:
         """
         try:
             if stored is None:
-                response = self._create(req, delay_s, url)
+                response = self._create(req, timer)
             else:
-                response = self._confirm(req, stored, delay_s, url)
+                response = self._confirm(req, stored, timer)
         except NotReplicated as exc:
             self.idempotency.complete(scope, key, {**exc.response, "unconfirmed": True})
             raise
@@ -226,26 +256,31 @@ class TimerCollection:
         self.idempotency.complete(scope, key, response)
         return response
 
-    def _confirm(self, req, stored, delay_s, url):
+    def _confirm(self, req, stored, timer):
         timer_id = int(stored["location"].rsplit("/", 1)[1])
         held = self.store.confirm(timer_id)
         if held is None:
-            return self._create(req, delay_s, url)
+            return self._create(req, timer)
         if not held:
             exc = NotReplicated(timer_id, 0, self.settings.wait_replicas)
             exc.response = stored
             raise exc
         return {k: v for k, v in stored.items() if k != "unconfirmed"}
 
-    def _create(self, req, delay_s, url):
+    def _create(self, req, timer):
+        """Store ``timer`` (``api.validation.TimerRequest``); the response to send and to replay."""
         if not self._registered:
             # Lets a coordinator find these shards even after TIMER_SHARDS shrinks.
             self.store.register_shards(self.settings.shards)
             self._registered = True
         shard = self.balancer.choose()
+        max_delay = self.settings.max_delay_seconds
         try:
-            timer_id, record, created = self.store.create(url, delay_s * 1000, shard,
-                                                          req.context.request_id)
+            timer_id, record, created = self.store.create(
+                timer.url, timer.delay_s * 1000, shard, req.context.request_id, at_ms=timer.fire_at_ms,
+                max_delay_ms=max_delay * 1000, payload=timer.payload, retry=timer.retry)
+        except BeyondMaxDelay:
+            raise _beyond_max_delay(max_delay) from None
         except REDIS_ERRORS as exc:
             # Its server failed (a master down, being failed over) or did not
             # replicate in time: the next creates go to the other shards for a moment.
@@ -257,7 +292,7 @@ class TimerCollection:
             raise
         metrics.TIMER_CREATED.inc()
         # DEBUG: a JSON line per create costs a third of the request's CPU (docs/BENCHMARKS.md).
-        log.debug("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": delay_s})
+        log.debug("timer created", extra={"timer_id": timer_id, "shard": shard, "delay_s": timer.delay_s})
         return _created_response(timer_id, record, created)
 
     def on_get(self, req, resp):
@@ -273,10 +308,12 @@ class TimerCollection:
 
 
 class TimerItem:
-    """``GET /timers/{id}`` reads a timer; ``DELETE`` cancels it."""
+    """``GET /timers/{id}`` reads a timer; ``PATCH`` reschedules it; ``DELETE`` cancels it;
+    ``POST /timers/{id}/run`` runs it now."""
 
-    def __init__(self, store):
+    def __init__(self, store, settings):
         self.store = store
+        self.settings = settings
 
     @staticmethod
     def _not_found(timer_id):
@@ -289,16 +326,86 @@ class TimerItem:
             raise self._not_found(timer_id)
         resp.media = timer_view(timer_id, record, now)
 
+    def on_patch(self, req, resp, timer_id):
+        """200 with the rescheduled timer; 409 unless scheduled or retrying; 404 when unknown.
+
+        Body ``{"fire_at": ...}`` or ``{"hours", "minutes", "seconds"}`` from now
+        (``shared/CONTRACT.md`` section 4), validated as on create.
+        """
+        max_delay = self.settings.max_delay_seconds
+        delay_s, fire_at_ms = parse_reschedule(read_json_body(req), max_delay)
+        try:
+            status, record, now = self.store.reschedule(timer_id, delay_s * 1000, fire_at_ms,
+                                                        max_delay * 1000)
+        except BeyondMaxDelay:
+            raise _beyond_max_delay(max_delay) from None
+        if record is None:
+            # Not rescheduled: unknown (404), or no longer scheduled or retrying (409).
+            self._refuse(timer_id, status, (status,), "Timer cannot be rescheduled")
+        log.info("timer rescheduled", extra={"timer_id": timer_id, "fire_at": record["fire_at"]})
+        resp.media = timer_view(timer_id, record, now)
+    def _refuse(self, timer_id, status, too_late, title):
+        """404 when ``status`` is ``missing``; 409 titled ``title`` when it is in ``too_late``."""
+        if status == "missing":
+            raise self._not_found(timer_id)
+        if status in too_late:
+            raise falcon.HTTPConflict(title=title, description=f"timer {timer_id} is already {status}")
+
     def on_delete(self, req, resp, timer_id):
         """204 when cancelled (or already), 409 once firing, fired or failed, 404 when unknown."""
         status = self.store.cancel(timer_id)
-        if status == "missing":
-            raise self._not_found(timer_id)
-        if status in ("firing", "fired", "failed"):
-            raise falcon.HTTPConflict(title="Timer cannot be cancelled",
-                                      description=f"timer {timer_id} is already {status}")
+        self._refuse(timer_id, status, ("firing", "fired", "failed"), "Timer cannot be cancelled")
         log.info("timer cancelled", extra={"timer_id": timer_id, "was": status})
         resp.status = falcon.HTTP_204
+
+    def on_post_run(self, req, resp, timer_id):
+        """202 with the timer, now due (a failed one re-driven); 409 once firing, fired or
+        cancelled; 404 when unknown (``shared/CONTRACT.md`` section 4)."""
+        status, record, now = self.store.run_now(timer_id)
+        self._refuse(timer_id, status, ("firing", "fired", "cancelled"), "Timer cannot be run")
+        log.info("timer run now", extra={"timer_id": timer_id, "was": status})
+        resp.status = falcon.HTTP_202
+        resp.media = timer_view(timer_id, record, now)
+
+
+class TimerRun:
+    """``POST /timers/run``: re-drive failed timers in bulk (``shared/CONTRACT.md`` section 4).
+
+    Pages through the shards' failed-timer indexes (by finish time, from
+    ``since``) as ``GET /timers?status=failed`` does, never a scan, and stops
+    after :data:`RUN_MAX_EXAMINED` timers: a ``next_cursor`` in the answer
+    continues from there. Each re-drive is one script per shard and page that
+    re-drives only timers still failed, so a repeated request, or the same
+    request from two API hosts at once, re-drives each timer once.
+    """
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+
+    def on_post(self, req, resp):
+        """200 ``{"matched": n, "run": n, "next_cursor": str or null}`` (``run`` is 0 on a dry run)."""
+        host, since, dry_run, cursor = parse_run(read_json_body(req))
+        position = decode_cursor(cursor, "failed") if cursor else (since or float("-inf"), "")
+        indexes = self.store.known_shards(self.settings.shards)
+        matched = run = examined = 0
+        while position is not None and examined < RUN_MAX_EXAMINED:
+            items, position = self.store.list("failed", indexes, RUN_PAGE, position)
+            examined += len(items)
+            ids = [timer_id for timer_id, record in items if host is None or url_host(record["url"]) == host]
+            matched += len(ids)
+            if not dry_run:
+                run += self._redrive(ids)
+        log.info("timers re-driven", extra={"host": host, "since": since, "dry_run": dry_run,
+                                            "matched": matched, "run": run})
+        resp.media = {"matched": matched, "run": run,
+                      "next_cursor": encode_cursor("failed", position) if position else None}
+
+    def _redrive(self, timer_ids):
+        by_shard = {}
+        for timer_id in timer_ids:
+            by_shard.setdefault(home_shard(timer_id), []).append(timer_id)
+        return sum(self.store.run(ids, failed_only=True).count("failed") for ids in by_shard.values())
 
 
 class Shards:

@@ -1,5 +1,8 @@
 """A small webhook receiver: logs every delivery as one JSON line and answers 200.
 
+Each line has the path, the Standard Webhooks headers, the ``Content-Type``,
+the body (as text, UTF-8) and every other header the timer was created with.
+
 Run: ``.venv/bin/python -m bench.receiver --port 9000`` (add ``--status 503`` to
 watch retries, ``--delay 2`` to answer two seconds late). Used by the README
 walkthrough.
@@ -13,6 +16,9 @@ import time
 from sharding import logs
 
 log = logging.getLogger("receiver")
+# Logged in fields of their own, or framing only.
+_LOGGED = frozenset({"webhook-id", "webhook-timestamp", "user-agent", "content-type", "content-length",
+                     "host", "accept", "accept-encoding", "connection"})
 
 
 def make_handler(status, delay_s=0.0):
@@ -23,11 +29,14 @@ def make_handler(status, delay_s=0.0):
 
         def do_POST(self):  # noqa: N802 - http.server's name
             length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
+            body = self.rfile.read(length)
             timestamp = self.headers.get("webhook-timestamp")
+            extra = {name: value for name, value in self.headers.items() if name.lower() not in _LOGGED}
             log.info("webhook received", extra={
                 "path": self.path, "webhook_id": self.headers.get("webhook-id"),
                 "webhook_timestamp": timestamp, "user_agent": self.headers.get("User-Agent"),
+                "content_type": self.headers.get("Content-Type"),
+                "body": body.decode("utf-8", "backslashreplace"), "headers": extra,
                 "received_at": round(time.time(), 3)})
             time.sleep(delay_s)
             self.send_response(status)

@@ -30,15 +30,17 @@ def _detail(document, name):
                 f"{c['runs']} pairs x {c['duration_s']:g} s")
     if name == "fire_ratio" and name in d:
         f = d[name]
-        return (f"product {sorted(f['product_rate'])[len(f['product_rate']) // 2]:.0f}/s / baseline "
-                f"{sorted(f['baseline_rate'])[len(f['baseline_rate']) // 2]:.0f}/s, "
-                f"{f['runs']} pairs x {f['timers']} timers, {f['concurrency']['total']} threads")
+        drained = _median(r["seconds"] for r in f["baseline_runs"])
+        return (f"product {_median(f['product_rate']):.0f}/s / baseline {_median(f['baseline_rate']):.0f}/s, "
+                f"{f['runs']} pairs x {f['timers']} timers (baseline drains in {drained:.1f} s), "
+                f"{f['concurrency']['total']} threads")
     if name.startswith("lateness") and "lateness" in d:
         lt = d["lateness"]
         missing = sum(r["missing"] for r in lt["raw"])
         rate = min(r["create_rate"] for r in lt["raw"])
-        return (f"{lt['runs']} run(s) x {lt['duration_s']:g} s at {lt['rate_per_s']}/s "
-                f"(achieved >= {rate:.0f}/s), missing {missing}")
+        return (f"{lt['runs']} run(s) x {lt['duration_s']:g} s at {lt['rate_per_s']}/s = half of "
+                f"{lt['sizing']['product_create_rps']:.0f} creates/s (achieved >= {rate:.0f}/s), "
+                f"missing {missing}")
     if name == "bytes_per_timer" and name in d:
         m = d[name]
         rid = (m.get("populate_equivalence") or {}).get("request_id_bytes")
@@ -46,8 +48,9 @@ def _detail(document, name):
         return f"{m['runs']} run(s) x {m['timers']} pending timers{extra}"
     if name == "recovery_s_per_million" and name in d:
         r = d[name]
-        seconds = sorted(x["seconds"] for x in r["raw"])[len(r["raw"]) // 2]
-        return f"{r['runs']} run(s) x {r['timers']} orphans, median {seconds:.2f} s"
+        seconds = _median(x["seconds"] for x in r["raw"])
+        return (f"{r['runs']} run(s) x {r['timers']} orphans, median {seconds:.2f} s "
+                f"(sized for {r['sizing']['work_s']:g} s)")
     return ""
 
 
@@ -72,6 +75,26 @@ def _cpu_lines(details):
             f"cpu per webhook: product pool {_median(f['product_cpu_ms_per_webhook']):.2f} ms + redis "
             f"{_median(r['redis_cpu_ms'] for r in f['product_runs']):.2f} ms; baseline senders "
             f"{_median(f['baseline_cpu_ms_per_webhook']):.2f} ms")
+    return lines
+
+
+def _speed_lines(document):
+    """The machine's speed (its baselines' rates) and the sizes the work-time rule chose from it."""
+    speed = document.get("machine_speed") or {}
+    lines = []
+    if speed.get("baseline_create_rps") is not None or speed.get("baseline_fire_rate") is not None:
+        lines.append(f"machine speed: baseline {_fmt(speed.get('baseline_create_rps'))} creates/s, "
+                     f"{_fmt(speed.get('baseline_fire_rate'))} webhooks/s (calibration "
+                     f"{_fmt(speed.get('baseline_fire_rate_calibration'))}/s)")
+    chosen = document.get("sizes_chosen") or {}
+    sized = []
+    for name, label in (("fire_ratio", "fire backlog"), ("recovery_s_per_million", "orphans")):
+        if name in chosen:
+            c = chosen[name]
+            limit = f", {c['limited_by']}" if c["limited_by"] else ""
+            sized.append(f"{label} {c['timers']} ({c['work_s']:g} s at {c['rate_per_s']:.0f}/s{limit})")
+    if sized:
+        lines.append("sized by work time: " + "; ".join(sized))
     return lines
 
 
@@ -107,6 +130,7 @@ def table(document):
     enforced = "" if document["targets_enforced"] else " (not enforced at this scale)"
     lines += notes
     lines += _cpu_lines(document["details"])
+    lines += _speed_lines(document)
     lines.append("")
     machine = document["machine"]
     lines.append(f"scale {document['scale']}: {passed}/{len(targets)} targets pass{enforced}; "

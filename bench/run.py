@@ -23,10 +23,14 @@ are honoured), and measures:
     (last arrival - T)), divided by bare ``requests`` sessions with the same
     concurrency (one process per consumer, ``TIMER_CONSUMER_THREADS`` threads
     each) sending ``POST`` with an empty body to the same receiver
-    (``bench.fast_receiver``). Alternating; median of per-pair ratios.
+    (``bench.fast_receiver``). Alternating; median of per-pair ratios. The
+    backlog is sized by work time: time-bounded calibration runs of the
+    baseline measure this machine's rate, and the backlog takes
+    ``Scale.fire_work_s`` seconds at it.
 ``lateness_p50_s``, ``lateness_p99_s``, ``lateness_max_s``
     webhook arrival minus the ``fire_at`` of the ``POST /timers`` response,
-    in seconds, for timers created through the API at a steady rate with a
+    in seconds, for timers created through the API at a steady rate (half
+    the product's create rate measured by ``create_ratio``) with a
     1 or 2 s delay. Timers that never arrive count as infinitely late. The
     load is open loop: if the API cannot take the rate, the rate reached is
     recorded and the target counts as not met.
@@ -37,7 +41,14 @@ are honoured), and measures:
 ``recovery_s_per_million``
     seconds for ``sharding.recovery.recover`` (a full pass) to find and make
     due again N orphaned timers (hidden in the due index by the feed script,
-    their queue messages never pushed), scaled to one million.
+    their queue messages never pushed), scaled to one million. N is sized by
+    work time: calibration passes measure the pass rate, and N takes
+    ``Scale.recovery_work_s`` seconds at it.
+
+Sizes follow this machine's speed (``bench.sizing``), so that a faster
+machine measures the same thing rather than shorter runs dominated by fixed
+latencies; the JSON records the machine's speed (``machine_speed``: the
+baselines' rates) and the sizes chosen (``sizes_chosen``).
 
 Timers for ``fire_ratio``, ``bytes_per_timer`` and ``recovery_s_per_million``
 are stored by the product's own create script (``Shard.create``, the Lua
@@ -85,6 +96,7 @@ from api.middleware import new_request_id
 from bench import loadgen, report
 from bench.baseline_app import record_fields
 from bench.fast_receiver import FastReceiver
+from bench.sizing import LATENESS_SHARE_OF_CREATE_RATE, lateness_rate, steady_rate, timers_for_work
 from sharding import config, logs
 from sharding.balancer import LeastBusy
 from sharding.recovery import recover
@@ -98,6 +110,10 @@ HOOK_URL = "http://127.0.0.1:9000/hook"
 POPULATE_BATCH = 1000
 POPULATE_AIMED_BATCH = 100
 POPULATE_PROCESSES = 3
+# Open-loop creates per second per load-generator connection in the lateness runs (500/s over the
+# 16 connections of the old fixed rate): more connections at a higher rate, so that the load
+# generator's concurrency does not set the rate reached.
+LATENESS_CONNECTION_RPS = 32
 
 TARGETS = {
     "create_ratio": (">=", 0.8),
@@ -112,37 +128,58 @@ UNITS = {"create_ratio": "x", "fire_ratio": "x", "lateness_p50_s": "s", "latenes
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-    """Sizes of one benchmark scale. Durations in seconds, rates per second."""
+    """Sizes of one benchmark scale. Durations in seconds.
+
+    Backlogs are sized by work time (``bench.sizing``): ``fire_work_s`` and
+    ``recovery_work_s`` are the seconds of work wanted at the rate measured
+    on this machine by calibration (runs of ``fire_calibration_s`` of the bare
+    ``requests`` baseline; a recovery pass over ``recovery_calibration_timers``),
+    up to ``fire_max_timers`` / ``recovery_max_timers``. Lateness runs at
+    half the create rate the product reached in the same run.
+    ``memory_timers`` is a fixed count: bytes per timer is a size, not a speed.
+    """
 
     name: str
     create_duration_s: float
     create_pairs: int
-    fire_timers: int
+    fire_calibration_s: float
+    fire_work_s: float
+    fire_max_timers: int
     fire_pairs: int
-    lateness_rate: int
     lateness_duration_s: float
     lateness_runs: int
     memory_timers: int
     memory_runs: int
-    recovery_timers: int
+    recovery_calibration_timers: int
+    recovery_work_s: float
+    recovery_max_timers: int
     recovery_runs: int
     enforce_targets: bool
     budget_s: float
 
 
+# Least backlog of a fire run, whatever the calibration measured.
+FIRE_MIN_TIMERS = 500
+# Calibration runs per sizing; the faster counts: the machine is shared, and a size chosen on a
+# slow moment would take less than the work time when the machine is quiet.
+CALIBRATION_RUNS = 2
+
 SCALES = {
-    "tiny": Scale("tiny", create_duration_s=1.0, create_pairs=1, fire_timers=300, fire_pairs=1,
-                  lateness_rate=100, lateness_duration_s=2.0, lateness_runs=1, memory_timers=5_000,
-                  memory_runs=1, recovery_timers=2_000, recovery_runs=1, enforce_targets=False,
-                  budget_s=45),
-    "quick": Scale("quick", create_duration_s=2.0, create_pairs=5, fire_timers=3_000, fire_pairs=3,
-                   lateness_rate=500, lateness_duration_s=10.0, lateness_runs=1, memory_timers=100_000,
-                   memory_runs=1, recovery_timers=30_000, recovery_runs=2, enforce_targets=True,
-                   budget_s=88),
-    "full": Scale("full", create_duration_s=5.0, create_pairs=5, fire_timers=20_000, fire_pairs=3,
-                  lateness_rate=500, lateness_duration_s=60.0, lateness_runs=2, memory_timers=1_000_000,
-                  memory_runs=1, recovery_timers=200_000, recovery_runs=3, enforce_targets=True,
-                  budget_s=840),
+    "tiny": Scale("tiny", create_duration_s=1.0, create_pairs=1, fire_calibration_s=0.5, fire_work_s=1.0,
+                  fire_max_timers=10_000, fire_pairs=1, lateness_duration_s=2.0, lateness_runs=1,
+                  memory_timers=5_000, memory_runs=1, recovery_calibration_timers=2_000,
+                  recovery_work_s=0.3, recovery_max_timers=50_000, recovery_runs=1,
+                  enforce_targets=False, budget_s=45),
+    "quick": Scale("quick", create_duration_s=2.0, create_pairs=5, fire_calibration_s=1.5, fire_work_s=5.0,
+                   fire_max_timers=60_000, fire_pairs=3, lateness_duration_s=10.0, lateness_runs=1,
+                   memory_timers=100_000, memory_runs=1, recovery_calibration_timers=30_000,
+                   recovery_work_s=3.0, recovery_max_timers=400_000, recovery_runs=2,
+                   enforce_targets=True, budget_s=115),
+    "full": Scale("full", create_duration_s=5.0, create_pairs=5, fire_calibration_s=3.0, fire_work_s=20.0,
+                  fire_max_timers=250_000, fire_pairs=3, lateness_duration_s=60.0, lateness_runs=2,
+                  memory_timers=1_000_000, memory_runs=1, recovery_calibration_timers=100_000,
+                  recovery_work_s=10.0, recovery_max_timers=1_500_000, recovery_runs=3,
+                  enforce_targets=True, budget_s=840),
 }
 
 
@@ -153,8 +190,8 @@ class Budget:
     """
 
     # Share of the budget spent when each benchmark should be done (they run in this order).
-    SHARES = {"create_ratio": 0.35, "fire_ratio": 0.60, "lateness": 0.74, "bytes_per_timer": 0.85,
-              "recovery_s_per_million": 0.95}
+    SHARES = {"create_ratio": 0.32, "fire_ratio": 0.72, "lateness": 0.84, "bytes_per_timer": 0.88,
+              "recovery_s_per_million": 0.97}
 
     def __init__(self, total_s=math.inf):
         self.start(total_s)
@@ -422,6 +459,27 @@ def consumers_started(service):
                for line in json_lines(service.logs("workers")))
 
 
+def wait_idle(pids, max_cores=0.25, window_s=0.5, timeout_s=30.0):
+    """Wait until ``pids`` and their descendants use less than ``max_cores`` cores over ``window_s`` seconds.
+
+    The consumer pool keeps starting up for a while after its consumers log
+    that they started; a rate measured meanwhile is the start-up's, not the
+    machine's.
+
+    Returns:
+        seconds waited, or None when not idle within ``timeout_s`` (or no ``/proc``).
+    """
+    began = time.monotonic()
+    before = tree_cpu_s(pids)
+    while before is not None and time.monotonic() - began < timeout_s:
+        time.sleep(window_s)
+        after = tree_cpu_s(pids)
+        if after is not None and after - before < max_cores * window_s:
+            return round(time.monotonic() - began, 2)
+        before = after
+    return None
+
+
 def fire_product_run(store, receiver, count, shards, populate_mode, est_rate, pool_pids=(), redis_pid=None):
     """One backlog of ``count`` timers all due at T, delivered by the running pool.
 
@@ -473,7 +531,7 @@ def fire_product_run(store, receiver, count, shards, populate_mode, est_rate, po
             "redis_cpu_ms": _per_op_ms(before[1], after[1], delivered)}
 
 
-def _baseline_sender(url, threads, counter, count, ready, go, start_at):
+def _baseline_sender(url, threads, counter, count, ready, go, start_at, stop_at):
     def work():
         session = requests.Session()
         session.trust_env = False
@@ -481,7 +539,7 @@ def _baseline_sender(url, threads, counter, count, ready, go, start_at):
             ready.value += 1
         go.wait()
         time.sleep(max(0.0, start_at.value - time.time()))
-        while True:
+        while not (stop_at.value and time.time() >= stop_at.value):
             with counter.get_lock():
                 k = counter.value
                 counter.value += 1
@@ -500,52 +558,82 @@ def _baseline_sender(url, threads, counter, count, ready, go, start_at):
         worker.join()
 
 
-def fire_baseline_run(receiver, count, processes, threads, redis_pid=None):
+def fire_baseline_run(receiver, count, processes, threads, redis_pid=None, duration_s=None):
     """``count`` bare ``requests`` POSTs (empty body) from ``processes`` x ``threads`` sessions.
 
+    Args:
+        duration_s: if given, no request starts later than ``duration_s`` seconds
+            after the start (a time-bounded run, to measure the rate; ``count``
+            is then an upper bound).
     Returns:
         dict: ``rate`` (requests/s = delivered / (last arrival - start)), ``seconds``,
-        ``delivered``, ``cpu_ms`` (CPU milliseconds per request of the sender processes,
-        start-up included) and ``redis_cpu_ms`` (idem for Redis, from the start).
+        ``timers`` (requests sent), ``delivered``, ``cpu_ms`` (CPU milliseconds per
+        request of the sender processes, start-up included) and ``redis_cpu_ms``
+        (idem for Redis, from the start).
     """
     cpu_before = _children_cpu_s()
     receiver.reset()
     ctx = multiprocessing.get_context("fork")
     counter, ready = ctx.Value("q", 0), ctx.Value("i", 0)
-    start_at, go = ctx.Value("d", 0.0), ctx.Event()
+    start_at, stop_at, go = ctx.Value("d", 0.0), ctx.Value("d", 0.0), ctx.Event()
     children = [ctx.Process(target=_baseline_sender, args=(
-        receiver.url + "/hook", threads, counter, count, ready, go, start_at)) for _ in range(processes)]
+        receiver.url + "/hook", threads, counter, count, ready, go, start_at, stop_at))
+        for _ in range(processes)]
     for child in children:
         child.start()
     wait_until(lambda: ready.value >= processes * threads, timeout=30, message="baseline senders")
     start_at.value = time.time() + 0.2
+    if duration_s is not None:
+        stop_at.value = start_at.value + duration_s
     go.set()
     redis_before = tree_cpu_s([redis_pid])
-    receiver.wait_for(count, timeout_s=max(60.0, count / 50))
-    redis_after = tree_cpu_s([redis_pid])
+    # Each sender waits for every answer, so once they exit every request has arrived.
     for child in children:
-        child.join(30)
+        child.join(max(60.0, count / 50))
+    sent = min(counter.value, count)
+    receiver.wait_for(sent, timeout_s=30)
+    redis_after = tree_cpu_s([redis_pid])
     cpu_after = _children_cpu_s()
     first = {}
     for key, at in receiver.arrivals():
         first.setdefault(key, at)
     seconds = (max(first.values()) if first else math.nan) - start_at.value
-    return {"rate": len(first) / seconds if first else 0.0, "seconds": round(seconds, 3),
-            "timers": count, "delivered": len(first),
-            "cpu_ms": _per_op_ms(cpu_before, cpu_after, len(first)),
-            "redis_cpu_ms": _per_op_ms(redis_before, redis_after, len(first))}
+    run = {"rate": len(first) / seconds if first else 0.0, "seconds": round(seconds, 3),
+           "timers": sent, "delivered": len(first),
+           "cpu_ms": _per_op_ms(cpu_before, cpu_after, len(first)),
+           "redis_cpu_ms": _per_op_ms(redis_before, redis_after, len(first))}
+    if duration_s is not None:
+        run["steady_rate"] = steady_rate(first.values(), start_at.value, stop_at.value)
+    return run
 
 
 def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_pid=None):
     """Alternating backlog runs: the product's pool vs bare ``requests`` with the same concurrency.
 
+    The backlog is sized by work time: time-bounded calibration runs of the
+    baseline (``scale.fire_calibration_s`` each, once the pool is idle)
+    measure the machine's steady rate (``steady_rate``; the faster run
+    counts), and every run's backlog takes ``scale.fire_work_s`` seconds at
+    that rate (up to ``scale.fire_max_timers``).
+
     Returns:
-        dict with ``value`` (median of per-pair product/baseline rate ratios) and raw runs.
+        dict with ``value`` (median of per-pair product/baseline rate ratios), ``sizing``
+        (``bench.sizing.timers_for_work``, with the calibration runs) and raw runs.
     """
     processes = settings.shards * settings.workers_per_shard
     threads = settings.consumer_threads
     wait_until(lambda: consumers_started(service) >= processes, timeout=60,
                message="every consumer to log 'Huey consumer started'")
+    pool_pids = [service.processes[name].pid for name in ("workers", "coordinator")]
+    idle_after_s = wait_idle(pool_pids)
+    calibration = [fire_baseline_run(receiver, scale.fire_max_timers, processes, threads,
+                                     duration_s=scale.fire_calibration_s)
+                   for _ in range(CALIBRATION_RUNS)]
+    sizing = dict(timers_for_work(max(c["steady_rate"] for c in calibration), scale.fire_work_s,
+                                  FIRE_MIN_TIMERS, scale.fire_max_timers),
+                  calibration=calibration, pool_idle_after_s=idle_after_s)
+    log.info("fire backlog sized", extra=sizing)
+    timers = sizing["timers"]
     est_rate = 5_000.0 if populate_mode == "pipeline" else 1_000.0
     product, baseline, order = [], [], []
     last_s = 0.0
@@ -556,14 +644,12 @@ def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_p
         first = ("product", "baseline") if pair % 2 == 0 else ("baseline", "product")
         for who in first:
             if who == "product":
-                pool_pids = [service.processes[name].pid for name in ("workers", "coordinator")]
-                run = fire_product_run(store, receiver, scale.fire_timers, settings.shards,
-                                       populate_mode, est_rate, pool_pids, redis_pid)
-                est_rate = max(500.0, min(est_rate, run["store_rate"]))
+                run = fire_product_run(store, receiver, timers, settings.shards, populate_mode, est_rate,
+                                       pool_pids, redis_pid)
+                est_rate = max(500.0, run["store_rate"])
                 product.append(run)
             else:
-                baseline.append(fire_baseline_run(receiver, scale.fire_timers, processes, threads,
-                                                  redis_pid))
+                baseline.append(fire_baseline_run(receiver, timers, processes, threads, redis_pid))
             log.info("fire run", extra={"who": who, **(product[-1] if who == "product" else baseline[-1])})
             time.sleep(0.3)  # let the last outcomes be recorded before the next run
         order.append(list(first))
@@ -573,7 +659,8 @@ def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_p
     return {
         "value": statistics.median(ratios),
         "runs": len(product),
-        "timers": scale.fire_timers,
+        "timers": timers,
+        "sizing": sizing,
         "concurrency": {"processes": processes, "threads_per_process": threads,
                         "total": processes * threads},
         "product_rate": [round(p["rate"], 1) for p in product],
@@ -593,7 +680,8 @@ def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_p
 def lateness_run(api_url, receiver, rate, duration_s):
     """Create timers at ``rate``/s for ``duration_s`` s (1 or 2 s delay), then measure their lateness.
 
-    Creation is open loop: when the API cannot keep up, fewer timers are
+    Creation is open loop, on one connection per ``LATENESS_CONNECTION_RPS``
+    of the rate (at least 16): when the API cannot keep up, fewer timers are
     created (``create_rate`` < ``rate``, ``rate_reached`` False); lateness is
     still measured on those that were.
 
@@ -603,7 +691,8 @@ def lateness_run(api_url, receiver, rate, duration_s):
     receiver.reset()
     url = receiver.url + "/hook"
     payloads = [{"seconds": 1, "url": url}, {"seconds": 2, "url": url}]
-    created = loadgen.run(api_url, "/timers", payloads, duration_s, processes=2, threads=8, rate=rate,
+    threads = max(8, math.ceil(rate / LATENESS_CONNECTION_RPS / 2))
+    created = loadgen.run(api_url, "/timers", payloads, duration_s, processes=2, threads=threads, rate=rate,
                           collect=True)
     fire_ms = {str(b["id"]): parse_fire_at(b["fire_at"]) for b in created["bodies"]}
     receiver.wait_for(len(fire_ms), timeout_s=30)
@@ -615,7 +704,7 @@ def lateness_run(api_url, receiver, rate, duration_s):
     counted = samples + [math.inf] * missing
     summary = {
         "timers": len(fire_ms), "delivered": len(samples), "missing": missing,
-        "scheduled": created["scheduled"],
+        "scheduled": created["scheduled"], "connections": 2 * threads,
         "create_rate": round(created["created"] / duration_s, 1),
         "create_non_201": created["other"] + created["errors"],
         "rate_reached": created["created"] >= 0.95 * created["scheduled"],
@@ -626,15 +715,24 @@ def lateness_run(api_url, receiver, rate, duration_s):
     return summary, samples
 
 
-def bench_lateness(api_url, receiver, scale):
-    """Lateness runs; figures are medians over runs of each run's p50, p99 and max (seconds)."""
+def bench_lateness(api_url, receiver, scale, product_create_rps):
+    """Lateness runs at half the product's create rate; figures are medians over runs of each
+    run's p50, p99 and max (seconds).
+
+    Args:
+        product_create_rps: the create benchmark's median product rate (201s per second);
+            the runs create at ``bench.sizing.lateness_rate`` of it.
+    Raises:
+        ValueError: no create rate (the create benchmark failed).
+    """
+    rate = lateness_rate(product_create_rps)
     runs, samples = [], []
     last_s = 0.0
     for done in range(scale.lateness_runs):
         if not BUDGET.another("lateness", done, last_s):
             break
         began = time.monotonic()
-        summary, got = lateness_run(api_url, receiver, scale.lateness_rate, scale.lateness_duration_s)
+        summary, got = lateness_run(api_url, receiver, rate, scale.lateness_duration_s)
         last_s = time.monotonic() - began
         runs.append(summary)
         samples += got
@@ -644,7 +742,9 @@ def bench_lateness(api_url, receiver, scale):
         "p50": statistics.median(r["p50_s"] for r in runs),
         "p99": statistics.median(r["p99_s"] for r in runs),
         "max": statistics.median(r["max_s"] for r in runs),
-        "runs": len(runs), "rate_per_s": scale.lateness_rate,
+        "runs": len(runs), "rate_per_s": rate,
+        "sizing": {"product_create_rps": round(product_create_rps, 1),
+                   "share": LATENESS_SHARE_OF_CREATE_RATE, "rate_per_s": rate},
         "duration_s": scale.lateness_duration_s, "delay_s": [1, 2], "raw": runs,
     }, samples
 
@@ -735,40 +835,64 @@ def _hide_all(store, shards, visibility_ms):
     return hidden
 
 
-def bench_recovery(store, client, scale, settings, populate_mode):
-    """Time full recovery passes over N orphaned timers.
+def _recovery_pass(store, balancer, settings, visibility_ms):
+    """Hide every due timer, then time one full ``recover`` pass.
 
     Returns:
-        dict with ``value`` (median seconds per million) and raw values.
+        (hidden count, seconds of the pass, ``recover``'s counts).
+    """
+    hidden = _hide_all(store, settings.shards, visibility_ms)
+    began = time.perf_counter()
+    counts = recover(store, balancer, settings.shards, settings.retry_limits, visibility_ms, grace_ms=None)
+    return hidden, time.perf_counter() - began, counts
+
+
+def bench_recovery(store, client, scale, settings, populate_mode):
+    """Time full recovery passes over N orphaned timers, N sized by work time.
+
+    Calibration passes over ``scale.recovery_calibration_timers`` orphans
+    measure the pass rate (the faster counts); more are stored until a pass takes
+    ``scale.recovery_work_s`` seconds at that rate (up to
+    ``scale.recovery_max_timers``), and the measured passes run over them all.
+
+    Returns:
+        dict with ``value`` (median seconds per million), ``sizing``
+        (``bench.sizing.timers_for_work``, with the calibration passes) and raw values.
     """
     client.flushall()
     shards = settings.shards
     visibility_ms = int(settings.visibility_seconds * 1000)
-    populate(store, scale.recovery_timers, shards, 0, HOOK_URL, populate_mode)
-    time.sleep(0.01)  # every fire time is now in the past
     balancer = LeastBusy(store.loads, shards)
+    stored = scale.recovery_calibration_timers
+    populate(store, stored, shards, 0, HOOK_URL, populate_mode)
+    time.sleep(0.01)  # every fire time is now in the past
+    seconds = [_recovery_pass(store, balancer, settings, visibility_ms)[1] for _ in range(CALIBRATION_RUNS)]
+    sizing = dict(timers_for_work(stored / min(seconds), scale.recovery_work_s, stored,
+                                  scale.recovery_max_timers),
+                  calibration={"timers": stored, "seconds": [round(t, 4) for t in seconds]})
+    log.info("recovery size chosen", extra=sizing)
+    timers = sizing["timers"]
+    populate(store, timers - stored, shards, 0, HOOK_URL, populate_mode)
+    time.sleep(0.01)
     runs = []
     last_s = 0.0
     for done in range(scale.recovery_runs):
         if not BUDGET.another("recovery_s_per_million", done, last_s):
             break
         began_run = time.monotonic()
-        hidden = _hide_all(store, shards, visibility_ms)
-        began = time.perf_counter()
-        counts = recover(store, balancer, shards, settings.webhook_max_attempts, visibility_ms, grace_ms=None)
-        seconds = time.perf_counter() - began
+        hidden, seconds, counts = _recovery_pass(store, balancer, settings, visibility_ms)
         now = now_ms(client)
         due = sum(client.zcount(store.shard(i).due_key, "-inf", now) for i in range(shards))
-        run = {"timers": scale.recovery_timers, "hidden": hidden, "seconds": round(seconds, 4),
-               "s_per_million": seconds * 1e6 / scale.recovery_timers, "recovered": counts["lost"],
-               "due_after": due, "all_due_again": due == scale.recovery_timers == counts["lost"] == hidden}
+        run = {"timers": timers, "hidden": hidden, "seconds": round(seconds, 4),
+               "s_per_million": seconds * 1e6 / timers, "recovered": counts["lost"],
+               "due_after": due, "all_due_again": due == timers == counts["lost"] == hidden}
         runs.append(run)
         log.info("recovery run", extra=run)
         last_s = time.monotonic() - began_run
     if not all(r["all_due_again"] for r in runs):
         raise AssertionError(f"recovery did not make every orphan due again: {runs}")
     return {"value": statistics.median(r["s_per_million"] for r in runs), "runs": len(runs),
-            "timers": scale.recovery_timers, "scaled": "linear, seconds * 1e6 / timers", "raw": runs}
+            "timers": timers, "sizing": sizing, "scaled": "linear, seconds * 1e6 / timers", "raw": runs}
 
 
 # ---------------------------------------------------------------- environment
@@ -825,6 +949,42 @@ def versions(client):
     return out
 
 
+SIZING_RULE = ("Sized by work time, not by count: each backlog takes the scale's work seconds at the "
+               "rate calibration measured on this machine (fire: time-bounded runs of the bare requests "
+               "baseline; recovery: passes over fewer orphans; the faster of two runs counts), within a "
+               "cap; lateness creates at half the product's measured create rate; create runs are "
+               "fixed-duration; bytes_per_timer is a size, measured at a fixed count.")
+
+
+def machine_speed(details):
+    """The machine's speed as its baselines measured it (comparable across machines).
+
+    Returns:
+        dict: ``baseline_create_rps`` (median 201s per second of ``bench.baseline_app``),
+        ``baseline_fire_rate`` (median webhooks per second of the bare ``requests``
+        senders over the pairs) and ``baseline_fire_rate_calibration`` (their steady
+        rate in the faster time-bounded calibration run); None where not measured.
+    """
+    create, fire = details.get("create_ratio"), details.get("fire_ratio")
+    return {
+        "baseline_create_rps": round(create["baseline_rps_median"], 1) if create else None,
+        "baseline_fire_rate": round(statistics.median(fire["baseline_rate"]), 1) if fire else None,
+        "baseline_fire_rate_calibration": round(fire["sizing"]["rate_per_s"], 1) if fire else None,
+    }
+
+
+def sizes_chosen(scale, details):
+    """Per benchmark, the size used in this run and the rule that chose it (see ``SIZING_RULE``)."""
+    out = {"rule": SIZING_RULE,
+           "create_ratio": {"duration_s": scale.create_duration_s, "rule": "fixed duration per run"},
+           "bytes_per_timer": {"timers": scale.memory_timers,
+                               "rule": "fixed count: a size, not a speed (hash tables grow by count)"}}
+    for name in ("fire_ratio", "lateness", "recovery_s_per_million"):
+        if name in details:
+            out[name] = details[name]["sizing"]
+    return out
+
+
 def evaluate(metrics, details):
     """Per target: value, comparison, threshold, whether the measurement's conditions held, and pass.
 
@@ -844,7 +1004,8 @@ def evaluate(metrics, details):
             if not all(r["rate_reached"] for r in runs):
                 entry["conditions_met"] = False
                 entry["note"] = (f"measured at {min(r['create_rate'] for r in runs):.0f} timers/s, not the "
-                                 f"{details['lateness']['rate_per_s']}/s asked: the API did not keep up")
+                                 f"{details['lateness']['rate_per_s']}/s asked (half the reached create "
+                                 "rate): the API did not keep up")
         entry["pass"] = bool(meets and entry["conditions_met"])
         out[name] = entry
     return out
@@ -937,7 +1098,8 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
         if fired:
             metrics["fire_ratio"], details["fire_ratio"] = fired["value"], fired
 
-        late = _step("lateness", errors, bench_lateness, product.url, receiver, scale, load=load)
+        late = _step("lateness", errors, bench_lateness, product.url, receiver, scale,
+                     created["product_rps_median"] if created else None, load=load)
         if late:
             summary, samples = late
             metrics.update(lateness_p50_s=summary["p50"], lateness_p99_s=summary["p99"],
@@ -981,6 +1143,8 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
                    "consumer_threads": settings.consumer_threads, "api_workers": settings.api_workers,
                    "api_threads": settings.api_threads, "populate": populate_mode,
                    "sizes": dataclasses.asdict(scale)},
+        "machine_speed": machine_speed(details),
+        "sizes_chosen": sizes_chosen(scale, details),
         "metrics": metrics,
         "units": UNITS,
         "targets": targets,
@@ -1026,7 +1190,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Benchmarks of the timer service against baselines.")
     group = parser.add_mutually_exclusive_group()
     helps = {"tiny": "smoke sizes, ~30 s; targets reported, never enforced",
-             "quick": "smaller sizes, at most 90 s (default)", "full": "full sizes, at most 15 min"}
+             "quick": "smaller sizes, about 2 min (default)", "full": "full sizes, at most 15 min"}
     for name in SCALES:
         group.add_argument(f"--{name}", dest="scale", action="store_const", const=name, help=helps[name])
     group.add_argument("--scale", choices=sorted(SCALES), help="scale by name")

@@ -8,13 +8,18 @@ import dataclasses
 import ipaddress
 import os
 
-from sharding.store import TimerStore
+from sharding.store import RetryLimits, TimerStore
 
 # Webhooks may never reach these (TIMER_WEBHOOK_DENY_NETWORKS default):
 # link-local (cloud metadata at 169.254.169.254), "this network",
 # unspecified, multicast and broadcast.
 DEFAULT_DENY_NETWORKS = ("169.254.0.0/16", "fe80::/10", "0.0.0.0/8", "::/128", "224.0.0.0/4",
                          "ff00::/8", "255.255.255.255/32")
+
+# Enough attempts that the 24 h window, not the count, ends a default schedule
+# (at most 59 attempts fit in 24 h: `python -m workers.delivery --schedule`).
+DEFAULT_WEBHOOK_MAX_ATTEMPTS = 60
+DEFAULT_WEBHOOK_MAX_RETRY_SECONDS = 86_400
 
 SERVICE_NAME = "timer-service"
 VERSION = "0.1.0"
@@ -70,6 +75,7 @@ class Settings:
     max_delay_seconds: int
     webhook_timeout_seconds: float
     webhook_max_attempts: int
+    webhook_max_retry_seconds: int
     scheduler_tick_seconds: float
     recovery_interval_seconds: float
     recovery_grace_seconds: float
@@ -92,6 +98,11 @@ class Settings:
     def external_redis(self):
         """True when ``REDIS_URL`` or ``REDIS_CLUSTER_URL`` is set (no embedded Redis)."""
         return bool(self.redis_url or self.redis_cluster_url)
+
+    @property
+    def retry_limits(self):
+        """The default :class:`sharding.store.RetryLimits` of every timer."""
+        return RetryLimits(self.webhook_max_attempts, self.webhook_max_retry_seconds)
 
     @property
     def lease_ms(self):
@@ -153,7 +164,9 @@ def load():
         api_threads=_int_env("TIMER_API_THREADS", 4, 1),
         max_delay_seconds=_int_env("TIMER_MAX_DELAY_SECONDS", 31_536_000, 0),
         webhook_timeout_seconds=_float_env("TIMER_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1),
-        webhook_max_attempts=_int_env("TIMER_WEBHOOK_MAX_ATTEMPTS", 10, 1),
+        webhook_max_attempts=_int_env("TIMER_WEBHOOK_MAX_ATTEMPTS", DEFAULT_WEBHOOK_MAX_ATTEMPTS, 1),
+        webhook_max_retry_seconds=_int_env("TIMER_WEBHOOK_MAX_RETRY_SECONDS",
+                                           DEFAULT_WEBHOOK_MAX_RETRY_SECONDS, 0),
         scheduler_tick_seconds=_float_env("TIMER_SCHEDULER_TICK_SECONDS", 0.1, 0.01),
         recovery_interval_seconds=_float_env("TIMER_RECOVERY_INTERVAL_SECONDS", 5.0, 0.1),
         recovery_grace_seconds=_float_env("TIMER_RECOVERY_GRACE_SECONDS", 10.0, 0.0),

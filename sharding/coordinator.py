@@ -22,7 +22,7 @@ import uuid
 
 import redis
 
-from sharding import process
+from sharding import metrics, process
 from sharding.balancer import LeastBusy, NoShardAvailable
 from sharding.recovery import recover
 from sharding.topology import REDIS_ERRORS
@@ -81,7 +81,7 @@ def run_pass(store, balancer, settings, full, token):
             return None
     try:
         grace_ms = None if full else int(settings.recovery_grace_seconds * 1000)
-        return recover(store, balancer, settings.shards, settings.webhook_max_attempts,
+        return recover(store, balancer, settings.shards, settings.retry_limits,
                        int(settings.visibility_seconds * 1000), grace_ms)
     finally:
         try:
@@ -108,6 +108,7 @@ def main():
             log.warning("recovery pass failed", extra={"error": str(exc)})
         else:
             if counts is not None:
+                metrics.TIMER_FAILED.inc(counts["leases_failed"])
                 # A pass that took something back is news (a consumer died, a message was lost).
                 taken_back = counts["leases_retrying"] + counts["leases_failed"] + counts["lost"]
                 level = logging.INFO if full or taken_back or counts["retired_fed"] else logging.DEBUG

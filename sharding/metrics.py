@@ -30,6 +30,8 @@ from sharding.topology import REDIS_ERRORS  # noqa: E402
 
 TIMER_CREATED = Counter("timer_created", "Timers created through the API.")
 TIMER_FIRED = Counter("timer_fired", "Timers whose webhook got a 2xx.")
+TIMER_FAILED = Counter("timer_failed", "Timers that failed for good: a permanent error, or no "
+                       "attempt left in their limits (a re-drive may bring one back).")
 WEBHOOK_ATTEMPTS = Counter("timer_webhook_attempts", "Webhook delivery attempts by outcome "
                            "(ok, retry, fail).", ["outcome"])
 FIRE_LATENESS = Histogram(

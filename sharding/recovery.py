@@ -7,7 +7,8 @@ a queue's keys may be lost. The timer records and their indexes are the
 truth, so a recovery pass:
 
 1. takes back ``firing`` timers whose lease ran out: they become
-   ``retrying``, due now (or ``failed`` after their last attempt);
+   ``retrying``, due now (or ``failed`` when their limits allow no further
+   attempt);
 2. makes due again every pending timer that a feeder put on a live queue
    (it is hidden in the due index) but that no live queue holds any more,
    once it is overdue by more than the grace period (a full pass, as at
@@ -48,12 +49,12 @@ def _queued_ids(shard):
         start += CHUNK
 
 
-def _expire_leases(store, indexes, now, max_attempts):
+def _expire_leases(store, indexes, now, limits):
     counts = {"retrying": 0, "failed": 0}
     for index in indexes:
         shard = store.shard(index)
         for member in shard.redis.zrangebyscore(shard.leases_key, "-inf", now):
-            outcome = store.expire_lease(int(member), max_attempts)
+            outcome = store.expire_lease(int(member), limits)
             if outcome:
                 counts[outcome] += 1
     return counts
@@ -89,14 +90,15 @@ def _feed_retired(store, balancer, index, visibility_ms):
             return fed
 
 
-def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=None):
+def recover(store, balancer, live_count, limits, visibility_ms, grace_ms=None):
     """Run one recovery pass.
 
     Args:
         store: ``sharding.store.TimerStore``.
         balancer: ``sharding.balancer.LeastBusy`` over the live shards.
         live_count: number N of live shards (``0..N-1``).
-        max_attempts: delivery attempts before a timer is failed.
+        limits: the default ``sharding.store.RetryLimits`` (delivery attempts
+            and retry window before a timer is failed).
         visibility_ms: the feeders' visibility timeout in milliseconds.
         grace_ms: how overdue a fed timer missing from its queue must be before
             it is made due again; None for a full pass (no wait, as at startup).
@@ -107,7 +109,7 @@ def recover(store, balancer, live_count, max_attempts, visibility_ms, grace_ms=N
     """
     now = now_ms(store.control)
     known = store.known_shards(live_count)
-    leases = _expire_leases(store, known, now, max_attempts)
+    leases = _expire_leases(store, known, now, limits)
     lost = sum(_reveal_lost(store.shard(i), now, visibility_ms, grace_ms or 0) for i in range(live_count))
     retired = [i for i in known if i >= live_count]
     retired_fed = sum(_feed_retired(store, balancer, i, visibility_ms) for i in retired)

@@ -7,6 +7,11 @@ shard's keys share one Redis Cluster slot and one Lua script may touch them):
   million pending timers small: ``u`` url, ``f`` fire time, ``s`` status,
   ``a`` attempts (absent until the first claim), ``r`` request id, ``d`` due time of the next attempt
   (absent: the fire time), ``l`` lease end, ``e`` last error, ``x`` finished.
+  Written only when needed, so a timer that uses none costs nothing: the
+  payload, ``b`` body, ``c`` content type, ``h`` headers (compact JSON
+  object); ``m`` and ``w`` the timer's own attempt limit and retry window in
+  seconds (its ``retry`` object), ``p`` the start of the first attempt (set at
+  the first retry), ``k`` the attempts made before its last re-drive.
   Times are epoch milliseconds from the Redis clock (``TIME``). Finished
   records (fired, failed, cancelled) expire after the retention period.
 * ``due:{ti}`` sorted set: every pending timer (``scheduled`` or
@@ -56,6 +61,7 @@ order across shards may lag by the counter's lead.
 """
 
 import dataclasses
+import json
 import threading
 
 import redis
@@ -71,23 +77,102 @@ ID_EPOCH_UNITS = 1_767_225_600 * 10_000
 SHARDS_KEY = "timers:shards"
 # How long a create waits for TIMER_REDIS_WAIT_REPLICAS replicas before 503.
 WAIT_TIMEOUT_MS = 1000
+# Two attempts of one timer are never closer than this, unless Retry-After asks (contract section 5).
+RETRY_FLOOR_MS = 1000
 
-_RECORD_FIELDS = ("u", "f", "s", "a", "e")
+_RECORD_FIELDS = ("u", "f", "s", "a", "e", "d", "m", "w", "b", "c", "h")
+# What a webhook with a body but no content type is sent with (shared/CONTRACT.md section 2).
+DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+class BeyondMaxDelay(ValueError):
+    """A fire time further from now (Redis clock) than the longest delay allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    """What a webhook carries besides its standard headers (``shared/CONTRACT.md`` section 2).
+
+    ``body``: text sent UTF-8 encoded (None: an empty body); ``content_type``:
+    its media type as given (None: :data:`DEFAULT_CONTENT_TYPE` when there is a
+    body, no ``Content-Type`` otherwise); ``headers``: header name → value, or None.
+    """
+
+    body: str | None = None
+    content_type: str | None = None
+    headers: dict | None = None
+
+    @property
+    def media_type(self):
+        """The ``Content-Type`` the webhook is sent with, or None for none."""
+        if self.content_type is None and self.body is not None:
+            return DEFAULT_CONTENT_TYPE
+        return self.content_type
+
+    def fields(self):
+        """Record field/value pairs (``b``, ``c``, ``h``) of the parts that are given."""
+        headers = json.dumps(self.headers, separators=(",", ":")) if self.headers else None
+        pairs = []
+        for field, value in (("b", self.body), ("c", self.content_type), ("h", headers)):
+            if value is not None:
+                pairs += [field, value]
+        return pairs
+
+    @classmethod
+    def from_fields(cls, body, content_type, headers):
+        """The payload of the record fields ``b``, ``c``, ``h`` (bytes or None); None when all are absent."""
+        if body is None and content_type is None and headers is None:
+            return None
+        return cls(body.decode() if body is not None else None,
+                   content_type.decode() if content_type is not None else None,
+                   json.loads(headers) if headers is not None else None)
 
 
 def _record(fields):
     """A record dict from the HMGET of :data:`_RECORD_FIELDS`, or None if absent."""
-    url, fire, status, attempts, error = fields
+    (url, fire, status, attempts, error, due, max_attempts, max_seconds,
+     body, content_type, headers) = fields
     if status is None:
         return None
-    return {"url": url.decode(), "fire_at": int(fire), "status": status.decode(),
-            "attempts": int(attempts or 0), "last_error": error.decode() if error else None}
+    status = status.decode()
+    retry = {name: int(value) for name, value in (("max_attempts", max_attempts),
+                                                   ("max_seconds", max_seconds)) if value is not None}
+    return {"url": url.decode(), "fire_at": int(fire), "status": status,
+            "attempts": int(attempts or 0), "last_error": error.decode() if error else None,
+            "next_attempt_at": int(due) if status == "retrying" and due else None,
+            "retry": retry or None, "payload": Payload.from_fields(body, content_type, headers)}
 
 
-def _created(url, timer_id, fire_ms, now):
-    """What :meth:`TimerStore.create` returns, from the create script's reply."""
+def _optional(number):
+    """A script argument for an optional integer: the integer, or '' for None."""
+    return "" if number is None else int(number)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryLimits:
+    """The default limits of a timer's delivery attempts (a timer's ``retry`` object overrides them).
+
+    ``max_attempts``: attempts before the timer is failed; ``max_seconds``: no
+    attempt starts later than this many seconds after the first attempt
+    began. Whichever ends first ends the retries. Applied by the state-changing
+    scripts (``sharding/lua/next_attempt.lua``), so the default and a timer's
+    own limits take the same path.
+    """
+
+    max_attempts: int
+    max_seconds: float
+
+    def args(self):
+        """The limits as the scripts' ARGV: max attempts, retry window ms, floor ms."""
+        return [self.max_attempts, int(self.max_seconds * 1000), RETRY_FLOOR_MS]
+
+
+def _created(result, url, retry, payload):
+    """What :meth:`TimerStore.create` returns, from the create script's reply [id, fire, now]."""
+    timer_id, fire_ms, now = result
     return int(timer_id), {"url": url, "fire_at": int(fire_ms), "status": "scheduled", "attempts": 0,
-                           "last_error": None}, int(now)
+                           "last_error": None, "next_attempt_at": None, "retry": retry,
+                           "payload": payload}, int(now)
 
 
 def home_shard(timer_id):
@@ -123,9 +208,10 @@ class Claim:
     """Outcome of :meth:`TimerStore.claim` for one timer.
 
     ``status`` is ``firing`` when this caller now owns the delivery attempt
-    number ``attempt``; ``early`` when the timer is not due until ``due_ms``;
-    else the timer's current status (``missing`` if there is no record).
-    Times are epoch milliseconds.
+    number ``attempt`` (``in_budget``: its number counted from the timer's
+    last re-drive, which backoff grows with); ``early`` when the timer is not
+    due until ``due_ms``; else the timer's current status (``missing`` if
+    there is no record). Times are epoch milliseconds.
     """
 
     timer_id: int
@@ -136,15 +222,21 @@ class Claim:
     now_ms: int = 0
     due_ms: int = 0
     request_id: str = ""
+    payload: Payload | None = None
+    in_budget: int = 0
 
 
 @dataclasses.dataclass
 class Finish:
     """The outcome of delivery attempt ``attempt`` of ``timer_id``, for :meth:`TimerStore.finish`.
 
-    ``status``: ``fired``, ``failed`` or ``retrying``; ``last_error``: short
-    text such as ``HTTP 503`` (empty on success); ``retry_delay_ms``:
-    milliseconds from now (Redis clock) to the next attempt (``retrying`` only).
+    ``status``: ``fired``, ``failed`` or ``retrying`` (asked for: the
+    store turns it into ``failed`` when the timer's limits allow no further
+    attempt); ``last_error``: short text such as ``HTTP 503`` (empty on
+    success); ``retry_delay_ms``: the wait in milliseconds from when the
+    outcome is recorded (Redis clock) to the next attempt (``retrying`` only);
+    ``started_ms``: when the attempt was claimed (epoch ms, Redis clock;
+    0: when recorded), which starts the retry window if it was the first.
     """
 
     timer_id: int
@@ -152,6 +244,7 @@ class Finish:
     status: str
     last_error: str = ""
     retry_delay_ms: int = 0
+    started_ms: int = 0
 
 
 class Shard:
@@ -164,14 +257,15 @@ class Shard:
             create strategy.
         wait_replicas: n >= 1: a create returns only after ``WAIT n`` on the
             connection of the write says n replicas hold it.
+        tag: the hash tag, instead of the topology's (see :meth:`TimerStore._home`).
     """
 
-    def __init__(self, index, topology, wait_replicas=0):
+    def __init__(self, index, topology, wait_replicas=0, tag=None):
         self.index = index
         self.topology = topology
         self.wait_replicas = wait_replicas
         self.redis = topology.shard_client(index)
-        self.tag = tag = topology.tag(index)
+        self.tag = tag = tag or topology.tag(index)
         self.huey = queues.make_huey(tag, **topology.huey_storage(self.redis))
         self.due_key = f"due:{tag}"
         self.seq_key = f"seq:{tag}"
@@ -181,46 +275,59 @@ class Shard:
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
         (self.create, self.reserve_id, self.create_reserved, self.get, self.feed, self.claim,
-         self.finish, self.renew, self.expire_lease, self.cancel, self.confirm_write) = scripts.register(
+         self.finish, self.renew, self.expire_lease, self.cancel, self.reschedule, self.run,
+         self.confirm_write) = scripts.register(
             self.redis, "create", "reserve_id", "create_reserved", "get", "feed", "claim", "finish",
-            "renew", "expire_lease", "cancel", "confirm")
+            "renew", "expire_lease", "cancel", "reschedule", "run", "confirm")
         # Where a script may build a key from its arguments (one server), the id is
         # made inside the create script: one round trip. A cluster wants every key
         # in KEYS, so the id is reserved first.
         self._queue_create = self._reserve_then_create if topology.declared_keys_only else self._create_in_one
 
-    def _create_in_one(self, node, pipe, url, delay_ms, request_id):
-        return scripts.queue(pipe, self.create, [self.seq_key, self.due_key],
-                             [self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS])
+    def _create_args(self, timer):
+        url, delay_ms, request_id, at_ms, max_delay_ms, fields = timer
+        args = [self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS]
+        if at_ms is not None or fields:
+            args += [_optional(at_ms), _optional(max_delay_ms), *fields]
+        return args
 
-    def _reserve_then_create(self, node, pipe, url, delay_ms, request_id):
+    def _create_in_one(self, node, pipe, timer):
+        return scripts.queue(pipe, self.create, [self.seq_key, self.due_key], self._create_args(timer))
+
+    def _reserve_then_create(self, node, pipe, timer):
+        url, delay_ms, request_id, at_ms, max_delay_ms, fields = timer
         timer_id = self.reserve_id(keys=[self.seq_key], args=[self.index, ID_EPOCH_UNITS], client=node)
         return scripts.queue(pipe, self.create_reserved, [self.record_key(timer_id), self.due_key],
-                             [timer_id, url, delay_ms, request_id])
+                             [timer_id, url, delay_ms, request_id, _optional(at_ms),
+                              _optional(max_delay_ms), *fields])
 
-    def create_timer(self, url, delay_ms, request_id="", client=None):
+    def create_timer(self, url, delay_ms, request_id="", client=None, at_ms=None, max_delay_ms=None,
+                     fields=()):
         """Store a new timer (see :meth:`TimerStore.create`).
 
         Args:
             client: a pipeline of this shard's server to add the create to
                 (one server only; bench/ stores backlogs that way); None: run
                 it now, then ``WAIT`` when ``wait_replicas`` asks for it.
+            at_ms: the fire time (epoch ms) instead of ``delay_ms`` from now.
+            max_delay_ms: the longest delay ``at_ms`` may be from now.
+            fields: optional record fields, a flat sequence of name, value, ...
         Returns:
-            [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it executes).
+            [timer id, fire time epoch ms, now epoch ms] (on a pipeline: when it
+            executes); the id is 0 when ``at_ms`` is beyond ``max_delay_ms`` from now.
         Raises:
             NotReplicated: fewer than ``wait_replicas`` replicas acknowledged the
                 write within :data:`WAIT_TIMEOUT_MS` (the timer is stored on the master).
         """
+        timer = (url, delay_ms, request_id, at_ms, max_delay_ms, fields)
         if client is not None:
-            return self.create(keys=[self.seq_key, self.due_key], client=client, args=[
-                self._record_prefix, self.index, url, delay_ms, request_id, ID_EPOCH_UNITS])
-        return self.topology.on_node(self.redis, self.seq_key,
-                                     lambda node: self._create_on(node, url, delay_ms, request_id))
+            return self.create(keys=[self.seq_key, self.due_key], args=self._create_args(timer),
+                               client=client)
+        return self.topology.on_node(self.redis, self.seq_key, lambda node: self._create_on(node, timer))
 
-    def _create_on(self, node, url, delay_ms, request_id):
-        result, acknowledged = self._write_and_wait(
-            node, lambda pipe: self._queue_create(node, pipe, url, delay_ms, request_id))
-        if acknowledged < self.wait_replicas:
+    def _create_on(self, node, timer):
+        result, acknowledged = self._write_and_wait(node, lambda pipe: self._queue_create(node, pipe, timer))
+        if int(result[0]) and acknowledged < self.wait_replicas:
             raise NotReplicated(int(result[0]), acknowledged, self.wait_replicas, result)
         return result
 
@@ -339,10 +446,16 @@ class TimerStore:
     def _home(self, timer_id):
         """The home shard of ``timer_id``.
 
-        Raises:
-            topology.UnknownShard: no shard with that index was ever registered.
+        An id whose shard index no process registered (on a cluster: it has no
+        tag) holds nothing: it gets a shard of the default tag, not kept, on
+        which every script finds no record (a read or cancel answers
+        ``missing``) and registers nothing.
         """
-        return self.shard(home_shard(timer_id))
+        index = home_shard(timer_id)
+        try:
+            return self.shard(index)
+        except topology.UnknownShard:
+            return Shard(index, self.topology, self.wait_replicas, tag=queues.storage_name(index))
 
     def register_shards(self, count):
         """Record shard indexes ``0..count-1`` as known (for recovery after a shrink)
@@ -355,7 +468,8 @@ class TimerStore:
         known = {int(i) for i in self.control.smembers(SHARDS_KEY)}
         return sorted(known | set(range(count)))
 
-    def create(self, url, delay_ms, shard_index, request_id=""):
+    def create(self, url, delay_ms, shard_index, request_id="", *, at_ms=None, max_delay_ms=None,
+               payload=None, retry=None):
         """Store a new pending timer on shard ``shard_index``, atomically with its due entry.
 
         Args:
@@ -363,17 +477,33 @@ class TimerStore:
             delay_ms: milliseconds from now (Redis clock) to the fire time.
             shard_index: the shard that will hold and fire it.
             request_id: the creating request's id, logged with every delivery.
+            at_ms: the fire time in epoch ms instead of ``delay_ms`` (a past
+                time means now, Redis clock).
+            max_delay_ms: with ``at_ms``, how far from now it may be at most.
+            payload: :class:`Payload` or None; only its given parts are stored,
+                so a timer without one costs no more memory.
+            retry: the timer's own limits, a dict with ``max_attempts`` and/or
+                ``max_seconds`` (validated), or None for the defaults (nothing stored).
         Returns:
             (timer id, record dict as :meth:`get` returns it, now epoch ms).
         Raises:
+            BeyondMaxDelay: ``at_ms`` is more than ``max_delay_ms`` from now.
             NotReplicated: ``wait_replicas`` replicas did not acknowledge it in time.
         """
+        retry = retry or None
+        fields = payload.fields() if payload else []
+        for name, field in (("max_attempts", "m"), ("max_seconds", "w")):
+            if retry and name in retry:
+                fields += [field, retry[name]]
         try:
-            result = self.shard(shard_index).create_timer(url, delay_ms, request_id)
+            timer_id, fire_ms, created_ms = self.shard(shard_index).create_timer(
+                url, delay_ms, request_id, at_ms=at_ms, max_delay_ms=max_delay_ms, fields=fields)
         except NotReplicated as exc:
-            exc.created = _created(url, *exc.result)
+            exc.created = _created(exc.result, url, retry, payload)
             raise
-        return _created(url, *result)
+        if not timer_id:
+            raise BeyondMaxDelay(f"{at_ms} is more than {max_delay_ms} ms after {created_ms}")
+        return _created((timer_id, fire_ms, created_ms), url, retry, payload)
 
     def confirm(self, timer_id):
         """Whether enough replicas hold timer ``timer_id`` (see :meth:`Shard.confirm`).
@@ -389,14 +519,13 @@ class TimerStore:
 
         Returns:
             (record, now epoch ms), the record a dict with ``url``, ``fire_at``
-            (epoch ms), ``status``, ``attempts`` and ``last_error`` (None when
-            empty); ``(None, now)`` when there is no such timer (``(None, 0)``
-            when its shard index was never registered).
+            (epoch ms), ``status``, ``attempts``, ``last_error`` (None when
+            empty), ``next_attempt_at`` (epoch ms while ``retrying``, else
+            None), ``retry`` (the timer's own limits or None) and ``payload``
+            (:class:`Payload`, None when it has none);
+            ``(None, now)`` when there is no such timer.
         """
-        try:
-            shard = self._home(timer_id)
-        except topology.UnknownShard:
-            return None, 0
+        shard = self._home(timer_id)
         *fields, now = shard.get(keys=[shard.record_key(timer_id)], args=_RECORD_FIELDS)
         return _record(fields), int(now)
 
@@ -487,7 +616,9 @@ class TimerStore:
             timer_ids: non-empty list of ids with the same home shard.
             lease_ms: how long one delivery attempt may take before recovery
                 may take the timer back.
-            early_ms: how far before its due time a timer may still be claimed.
+            early_ms: how far before its due time a ``scheduled`` timer may still
+                be claimed (a ``retrying`` one never is: its due time keeps the
+                1 s floor between attempts).
         Returns:
             list of :class:`Claim`, in the order of ``timer_ids``.
         Raises:
@@ -505,27 +636,33 @@ class TimerStore:
             else:
                 claims.append(Claim(timer_id, status, attempt=int(res[1]), url=res[2].decode(),
                                     fire_at_ms=int(res[3]), now_ms=int(res[4]),
-                                    request_id=res[5].decode()))
+                                    request_id=res[5].decode(), in_budget=int(res[6]),
+                                    payload=Payload.from_fields(*res[7:10])))
         return claims
 
-    def finish(self, outcomes):
+    def finish(self, outcomes, limits):
         """Record the outcomes of delivery attempts on timers of one shard, in one script.
+
+        A ``retrying`` outcome becomes ``failed`` when the timer's limits
+        (its own ``retry`` object, else ``limits``) allow no further attempt.
 
         Args:
             outcomes: non-empty list of :class:`Finish`.
+            limits: the default :class:`RetryLimits`.
         Returns:
-            list of (applied, next attempt epoch ms), in the order of
-            ``outcomes``; applied is False when the attempt no longer owns the timer.
+            list of (applied, status, next attempt epoch ms), in the order of
+            ``outcomes``; applied is False (and status the timer's current
+            one) when the attempt no longer owns the timer.
         Raises:
             ValueError: the timers are not all on one shard.
         """
         ids = [outcome.timer_id for outcome in outcomes]
         shard = self._one_shard(ids)
-        args = [self.retention_ms]
+        args = [self.retention_ms, *limits.args()]
         for o in outcomes:
-            args += [o.timer_id, o.attempt, o.status, o.last_error, int(o.retry_delay_ms)]
-        return [(bool(applied), int(next_ms))
-                for applied, next_ms in shard.finish(keys=shard.timer_keys(ids), args=args)]
+            args += [o.timer_id, o.attempt, o.status, o.last_error, int(o.retry_delay_ms), o.started_ms]
+        return [(bool(applied), status.decode(), int(next_ms))
+                for applied, status, next_ms in shard.finish(keys=shard.timer_keys(ids), args=args)]
 
     def renew(self, claims, lease_ms):
         """Extend the leases of claimed timers of one shard that are still being delivered.
@@ -546,8 +683,12 @@ class TimerStore:
             args += [claim.timer_id, claim.attempt]
         return int(shard.renew(keys=shard.timer_keys(ids), args=args))
 
-    def expire_lease(self, timer_id, max_attempts):
+    def expire_lease(self, timer_id, limits):
         """Take back a ``firing`` timer whose lease ran out.
+
+        It is due again at once unless its limits (its own ``retry`` object,
+        else the default :class:`RetryLimits` ``limits``) allow no further
+        attempt; then it is failed.
 
         Returns:
             ``"retrying"``, ``"failed"``, or None when the lease still holds
@@ -555,8 +696,50 @@ class TimerStore:
         """
         shard = self._home(timer_id)
         res = shard.expire_lease(keys=shard.timer_keys([timer_id]),
-                                 args=[timer_id, max_attempts, self.retention_ms])
+                                 args=[timer_id, self.retention_ms, *limits.args()])
         return res.decode() if res else None
+
+    def run(self, timer_ids, failed_only=False):
+        """Make timers of one shard due now, in one script (atomic with claims, cancels and recovery).
+
+        A ``scheduled`` timer's fire time becomes now; a ``retrying`` one's
+        next attempt is now (both keep their attempts); a ``failed`` one is
+        re-driven: ``retrying``, due now, with a fresh attempt budget and
+        retry window, its attempt count and last error kept. Other timers are
+        left as they are.
+
+        Args:
+            timer_ids: non-empty list of ids with the same home shard.
+            failed_only: leave pending timers too (bulk re-drive).
+        Returns:
+            list of the status each timer had (``missing`` when unknown), in
+            the order of ``timer_ids``.
+        Raises:
+            ValueError: the ids are not all on one shard.
+        """
+        shard = self._one_shard(timer_ids)
+        return [status.decode() for status in shard.run(keys=shard.timer_keys(timer_ids),
+                                                         args=[int(failed_only), *timer_ids])]
+
+    def run_now(self, timer_id):
+        """:meth:`run` on one timer, and the timer as the run left it (one MULTI transaction).
+
+        Returns:
+            (the status it had or ``missing``, its record as :meth:`get`
+            returns it or None, now epoch ms).
+        """
+        shard = self._home(timer_id)
+
+        def run_on(node):
+            # On a plain client of the shard's server: a cluster pipeline refuses
+            # scripts and TIME, and MULTI needs one node.
+            pipe = node.pipeline(transaction=True)
+            shard.run(keys=shard.timer_keys([timer_id]), args=[0, timer_id], client=pipe)
+            pipe.hmget(shard.record_key(timer_id), *_RECORD_FIELDS)
+            pipe.time()
+            return pipe.execute()
+        [was], fields, (secs, micros) = self.topology.on_node(shard.redis, shard.seq_key, run_on)
+        return was.decode(), _record(fields), secs * 1000 + micros // 1000
 
     def cancel(self, timer_id):
         """Cancel a pending timer so that it never fires.
@@ -567,12 +750,36 @@ class TimerStore:
             unchanged) or ``missing``. Atomic with claims: of a cancel and a
             claim racing, exactly one wins.
         """
-        try:
-            shard = self._home(timer_id)
-        except topology.UnknownShard:
-            return "missing"
+        shard = self._home(timer_id)
         return shard.cancel(keys=shard.timer_keys([timer_id]),
                             args=[timer_id, self.retention_ms]).decode()
+
+    def reschedule(self, timer_id, delay_ms=0, at_ms=None, max_delay_ms=None):
+        """Move a pending timer to a new fire time: ``delay_ms`` from now, or ``at_ms``.
+
+        Atomic with claims and cancels: of a reschedule and a claim racing,
+        exactly one wins. A queue message already sent for the timer is then
+        early, and the claim drops it; the due index feeds it again at the new time.
+
+        Args:
+            delay_ms: milliseconds from now (Redis clock), when ``at_ms`` is None.
+            at_ms: the new fire time in epoch ms (a past time means now).
+            max_delay_ms: how far from now the new fire time may be at most (None: any).
+        Returns:
+            (status, record, now epoch ms): ``rescheduled`` with the record as
+            :meth:`get` returns it; else the status that kept it from moving
+            (``firing``, ``fired``, ``failed``, ``cancelled``, ``missing``) and None.
+        Raises:
+            BeyondMaxDelay: the new fire time is more than ``max_delay_ms`` from now.
+        """
+        shard = self._home(timer_id)
+        status, now, *fields = shard.reschedule(
+            keys=shard.timer_keys([timer_id]),
+            args=[timer_id, _optional(at_ms), int(delay_ms), _optional(max_delay_ms), *_RECORD_FIELDS])
+        status = status.decode()
+        if status == "beyond":
+            raise BeyondMaxDelay(f"the fire time is more than {max_delay_ms} ms after {now}")
+        return status, _record(fields[0]) if fields else None, int(now)
 
     def trim_finished(self, indexes, now):
         """Drop finished timers older than the retention period from the done indexes.

@@ -80,6 +80,25 @@ def make_service(redis_client, redis_server, receiver, tmp_path):
         service.stop(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def live(redis_server, tmp_path_factory):
+    """The whole service, every consumer started, shared by the tests of the module that uses it.
+
+    One service for a module's tests keeps it fast; each test looks only at
+    its own timers and waits until they have left every queue. Tests that
+    start a service of their own live in other modules: this one's consumers
+    would deliver their timers too.
+    """
+    redis_server.client().flushall()
+    service = Service(redis_server.url, str(tmp_path_factory.mktemp("live")))
+    try:
+        service.start()
+        consumers_ready(service)
+        yield service
+    finally:
+        service.stop(timeout=10)
+
+
 @pytest.fixture
 def service(make_service):
     """The whole service (API, consumer pool, coordinator) started with defaults, every consumer up."""

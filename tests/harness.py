@@ -5,6 +5,7 @@ the API is gunicorn, consumers are the real pool, and webhooks arrive at a
 real HTTP server on 127.0.0.1.
 """
 
+import contextlib
 import datetime
 import http.server
 import json
@@ -280,14 +281,23 @@ class Service:
         os.killpg(self.processes[name].pid, signum)
 
     def stop(self, *names, signum=signal.SIGTERM, timeout=15):
-        """Signal the named processes (default: all) and wait for them to exit."""
+        """Signal the named processes (default: all) at once, as honcho does, and wait for them.
+
+        Args:
+            timeout: seconds (monotonic) for all of them together; a process still
+                running then is SIGKILLed (its returncode is ``-SIGKILL``).
+        """
+        stopping = []
         for name in names or tuple(self.processes):
             process = self.processes.pop(name, None)
             if process is None or process.poll() is not None:
                 continue
             os.killpg(process.pid, signum)
+            stopping.append(process)
+        deadline = time.monotonic() + timeout
+        for process in stopping:
             try:
-                process.wait(timeout)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -319,6 +329,22 @@ def consumers_ready(service, count=8):
                timeout=30, message=f"{count} consumers to start")
 
 
+@contextlib.contextmanager
+def whole_service(redis_server, log_dir, env=None):
+    """The whole service on the emptied ``redis_server`` (a :class:`RedisServer`), every consumer
+    started, for a module's tests to share; stopped on exit. ``env``: as :class:`Service`'s."""
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+    redis_server.client().flushall()
+    service = Service(redis_server.url, log_dir, env)
+    try:
+        service.start()
+        consumers_ready(service)
+        yield service
+    finally:
+        service.stop(timeout=10)
+
+
 def json_lines(text):
     """Parse every line of ``text`` that is a JSON object, after any prefix (honcho's
     ``12:00:00 workers.1 | ``); other lines are skipped."""
@@ -331,11 +357,16 @@ def json_lines(text):
     return out
 
 
+def logged_at(line):
+    """When a parsed log line (see :func:`json_lines`) was written: its ``ts`` (local time,
+    milliseconds) as epoch seconds."""
+    return datetime.datetime.strptime(line["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def first_feeder_start(text, shard, since):
     """When the first feeder of ``shard`` started at or after ``since`` (epoch seconds), by the
     ``ts`` of its "feeder started" log line in ``text`` (local time, milliseconds); None if none."""
-    started = [datetime.datetime.strptime(line["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-               for line in json_lines(text)
+    started = [logged_at(line) for line in json_lines(text)
                if line.get("message") == "feeder started" and line.get("shard") == shard]
     # The log's time is cut to the millisecond.
     return min((t for t in started if t >= since - 0.001), default=None)

@@ -58,7 +58,7 @@ def test_chaos_every_acknowledged_timer_fires(make_service, receiver, redis_serv
     service = make_service(env={
         "TIMER_SHARDS": "4", "TIMER_WORKERS_PER_SHARD": "2", "TIMER_WEBHOOK_TIMEOUT_SECONDS": "2",
         "TIMER_RECOVERY_GRACE_SECONDS": "3", "TIMER_RECOVERY_INTERVAL_SECONDS": "1"}).start()
-    wait_until(lambda: len(_consumers(service)) == 8, message="8 consumers")
+    wait_until(lambda: len(_consumers(service)) == 8, timeout=30, message="8 consumers")
     started = time.monotonic()
     acknowledged = _create_all(service, receiver)
     assert len(acknowledged) == TIMERS

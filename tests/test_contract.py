@@ -7,6 +7,7 @@ document promises for the timer operations.
 """
 
 import collections
+import functools
 import time
 
 import pytest
@@ -28,7 +29,8 @@ TIMEOUT = 10
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 MAX_EXAMPLES = 25
 # schemathesis leaves out the operation that serves the schema it loaded (GET /openapi.json).
-EXPECTED_OPERATIONS = ["POST /timers", "GET /timers", "GET /timers/{id}", "DELETE /timers/{id}",
+EXPECTED_OPERATIONS = ["POST /timers", "GET /timers", "GET /timers/{id}", "PATCH /timers/{id}",
+                       "DELETE /timers/{id}", "POST /timers/{id}/run", "POST /timers/run",
                        "GET /shards", "GET /healthz", "GET /readyz", "GET /metrics", "GET /docs"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
@@ -145,12 +147,40 @@ def test_every_documented_status_code_is_reachable(service, make_service, receiv
     wait_until(lambda: service.get(fired)["status"] == "fired", timeout=15, message=f"timer {fired} to fire")
     expect("/timers/{id}", "delete", 409, requests.delete(f"{timers}/{fired}", timeout=TIMEOUT))
 
+    # PATCH /timers/{id}: 200, 400, 404, 409 (a fired timer), 413, 415.
+    moved = requests.post(timers, json={"url": hook, "hours": 1}, timeout=TIMEOUT).json()["id"]
+    later, done, unknown = (f"{timers}/{i}" for i in (moved, fired, 999999999))
+    patch = functools.partial(requests.patch, timeout=TIMEOUT)
+    expect("/timers/{id}", "patch", 200, patch(later, json={"hours": 2}))
+    expect("/timers/{id}", "patch", 400, patch(later, json={"url": hook}))
+    expect("/timers/{id}", "patch", 404, patch(unknown, json={"hours": 2}))
+    expect("/timers/{id}", "patch", 409, patch(done, json={"hours": 2}))
+    as_json = {"Content-Type": "application/json"}
+    expect("/timers/{id}", "patch", 413, patch(later, data=too_large, headers=as_json))
+    expect("/timers/{id}", "patch", 415, patch(later, data=b"hours=2", headers=form))
+    # POST /timers/{id}/run: 202, 404, 409 (fired). POST /timers/run: 200, 400, 413, 415.
+    later = requests.post(timers, json={"url": hook, "hours": 1}, timeout=TIMEOUT).json()["id"]
+    expect("/timers/{id}/run", "post", 202, requests.post(f"{timers}/{later}/run", timeout=TIMEOUT))
+    expect("/timers/{id}/run", "post", 404, requests.post(f"{timers}/999999999/run", timeout=TIMEOUT))
+    expect("/timers/{id}/run", "post", 409, requests.post(f"{timers}/{fired}/run", timeout=TIMEOUT))
+    expect("/timers/run", "post", 200, requests.post(f"{timers}/run", json={"dry_run": True},
+                                                     timeout=TIMEOUT))
+    expect("/timers/run", "post", 400, requests.post(f"{timers}/run", json={"dry_run": 1}, timeout=TIMEOUT))
+    expect("/timers/run", "post", 413, requests.post(f"{timers}/run", data=too_large, timeout=TIMEOUT,
+                                                     headers={"Content-Type": "application/json"}))
+    expect("/timers/run", "post", 415, requests.post(f"{timers}/run", data=b"x", headers=form,
+                                                     timeout=TIMEOUT))
+
     # 503 from every operation of an API whose Redis is not there.
     dead = _start_on_dead_redis(make_service).url
     expect("/timers", "post", 503, requests.post(f"{dead}/timers", json={"url": hook}, timeout=TIMEOUT))
     expect("/timers", "get", 503, requests.get(f"{dead}/timers", params={"status": "fired"}, timeout=TIMEOUT))
     expect("/timers/{id}", "get", 503, requests.get(f"{dead}/timers/{pending}", timeout=TIMEOUT))
     expect("/timers/{id}", "delete", 503, requests.delete(f"{dead}/timers/{pending}", timeout=TIMEOUT))
+    expect("/timers/{id}", "patch", 503, requests.patch(f"{dead}/timers/{pending}", json={"hours": 2},
+                                                        timeout=TIMEOUT))
+    expect("/timers/{id}/run", "post", 503, requests.post(f"{dead}/timers/{pending}/run", timeout=TIMEOUT))
+    expect("/timers/run", "post", 503, requests.post(f"{dead}/timers/run", json={}, timeout=TIMEOUT))
 
     wrong = [(path, method, status, response.status_code, response.text[:200])
              for path, method, status, response in sent if response.status_code != status]
@@ -160,7 +190,8 @@ def test_every_documented_status_code_is_reachable(service, make_service, receiv
             body = response.json()
             assert isinstance(body.get("title"), str) and isinstance(body.get("description"), str), body
     for path, method in [("/timers", "post"), ("/timers", "get"), ("/timers/{id}", "get"),
-                         ("/timers/{id}", "delete")]:
+                         ("/timers/{id}", "patch"), ("/timers/{id}", "delete"), ("/timers/{id}/run", "post"),
+                         ("/timers/run", "post")]:
         reached = {status for p, m, status, _ in sent if (p, m) == (path, method)}
         assert reached == _documented(document, path, method), (path, method)
 

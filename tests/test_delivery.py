@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import Service, consumers_ready, wait_until
+from tests.harness import wait_until
 
 
 def fire_at_epoch(text):
@@ -31,25 +31,6 @@ def settled(service):
     """
     shards = requests.get(f"{service.url}/shards", timeout=5).json()["shards"]
     return all(s["queued"] == 0 and s.get("in_flight", 0) == 0 for s in shards)
-
-
-@pytest.fixture(scope="module")
-def live(redis_server, tmp_path_factory):
-    """The whole service, every consumer started, shared by this module's tests.
-
-    One service for every test here keeps the module fast; each test looks
-    only at its own timers and waits until they have left every queue. Tests
-    that start a service of their own live in other modules: this one's
-    consumers would deliver their timers too.
-    """
-    redis_server.client().flushall()
-    service = Service(redis_server.url, str(tmp_path_factory.mktemp("delivery")))
-    try:
-        service.start()
-        consumers_ready(service)
-        yield service
-    finally:
-        service.stop(timeout=10)
 
 
 @pytest.fixture(autouse=True)
@@ -133,32 +114,41 @@ def test_three_hundred_timers_due_in_the_same_second_each_fire_once(live, receiv
     # Every timer gets the whole-second delay that puts its fire time in the
     # second starting at epoch ``due``: creating 300 takes longer than a second.
     count, threads = 300, 6
-    due = math.ceil(time.time()) + 5
     ids, fire_times, fire_of, windows = [], [], {}, []
     lock = threading.Lock()
     errors = []
 
-    def create(n):
+    def create(n, path, delay_of):
         with requests.Session() as session:
             for _ in range(n):
                 sent = time.time()
-                seconds = math.ceil(due - sent)
+                seconds = delay_of(sent)
                 response = session.post(f"{live.url}/timers",
-                                        json={"url": f"{receiver.url}/burst", "seconds": seconds}, timeout=10)
+                                        json={"url": f"{receiver.url}{path}", "seconds": seconds}, timeout=10)
                 if response.status_code != 201:
                     errors.append(response.text)
                     continue
+                if path == "/probe":
+                    continue  # the probe only measures the create rate
                 with lock:
                     ids.append(response.json()["id"])
                     fire_times.append(fire_at_epoch(response.json()["fire_at"]))
                     fire_of[f"/burst/{ids[-1]}"] = fire_times[-1]
                     windows.append((sent + seconds, fire_times[-1], time.time() + seconds))
 
-    workers = [threading.Thread(target=create, args=(count // threads,)) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    def burst(each, path, delay_of):
+        workers = [threading.Thread(target=create, args=(each, path, delay_of)) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    # ``due`` leaves the burst three times the time that a tenth of it (hour-long
+    # timers, not due in this test) takes at this machine's speed, and 5 s at least.
+    began = time.monotonic()
+    burst(count // threads // 10, "/probe", lambda sent: 3600)
+    due = math.ceil(time.time() + max(5.0, 3 * 10 * (time.monotonic() - began)))
+    burst(count // threads, "/burst", lambda sent: math.ceil(due - sent))
     assert errors == []
     assert time.time() < due, "creating the burst took so long that it was already due"
     assert due <= min(fire_times)
@@ -167,7 +157,7 @@ def test_three_hundred_timers_due_in_the_same_second_each_fire_once(live, receiv
     assert len(ids) == count
     assert len(set(ids)) == count
 
-    wait_until(lambda: len(receiver.received()) >= count, timeout=20,
+    wait_until(lambda: len(receiver.received()) >= count, timeout=due - time.time() + 15,
                message=f"{count} webhooks")
     wait_until(lambda: settled(live), timeout=10, message="shards to drain")
 
@@ -189,6 +179,7 @@ def test_three_hundred_timers_due_in_the_same_second_each_fire_once(live, receiv
 def test_zero_second_timer_fires_at_once(live, receiver):
     sent_at = time.time()
     created = live.create(f"{receiver.url}/now", seconds=0)
+    answered_at = time.time()
     assert created.status_code == 201, created.text
     body = created.json()
     timer_id = body["id"]
@@ -199,8 +190,11 @@ def test_zero_second_timer_fires_at_once(live, receiver):
     wait_until(lambda: settled(live), timeout=5, message="shards to drain")
     hits = receiver.received(f"/now/{timer_id}")
     assert len(hits) == 1
-    assert hits[0]["at"] - sent_at <= 1.0
-    assert hits[0]["at"] - fire_at_epoch(body["fire_at"]) <= 1.0
+    # Its fire time is the moment it was stored (server clock = ours, ms), however long
+    # the create took; "at once" is measured from there.
+    fire_at = fire_at_epoch(body["fire_at"])
+    assert sent_at - 0.001 <= fire_at <= answered_at + 0.001
+    assert hits[0]["at"] - fire_at <= 1.0
     assert done["time_left"] == 0
     assert done["attempts"] == 1
 

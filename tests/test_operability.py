@@ -457,7 +457,8 @@ def test_openapi_document_is_valid_3_1(make_service):
     assert document["openapi"] == "3.1.0"
     validate(document)
     assert {path: sorted(ops) for path, ops in document["paths"].items()} == {
-        "/timers": ["get", "post"], "/timers/{id}": ["delete", "get"], "/shards": ["get"],
+        "/timers": ["get", "post"], "/timers/{id}": ["delete", "get", "patch"], "/timers/{id}/run": ["post"],
+        "/timers/run": ["post"], "/shards": ["get"],
         "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
         "/docs": ["get"]}
 

@@ -6,8 +6,19 @@ import time
 import pytest
 
 from sharding.queues import timers_of
-from sharding.store import ID_EPOCH_UNITS, Finish, TimerStore, home_shard
+from sharding.store import (
+    ID_EPOCH_UNITS,
+    BeyondMaxDelay,
+    Finish,
+    Payload,
+    RetryLimits,
+    TimerStore,
+    home_shard,
+    now_ms,
+)
 from tests.harness import wait_until
+
+LIMITS = RetryLimits(max_attempts=10, max_seconds=86_400)
 
 
 @pytest.fixture
@@ -149,8 +160,10 @@ def test_finish_a_batch_records_each_outcome_and_fences_stale_attempts(store, re
     store.claim(ids, lease_ms=10_000)
     results = store.finish([
         Finish(ids[0], 1, "fired"), Finish(ids[1], 1, "retrying", "HTTP 503", 60_000),
-        Finish(ids[2], 1, "failed", "HTTP 404"), Finish(ids[3], 2, "fired")])
-    assert [applied for applied, _ in results] == [True, True, True, False]
+        Finish(ids[2], 1, "failed", "HTTP 404"), Finish(ids[3], 2, "fired")], LIMITS)
+    assert [(applied, status) for applied, status, _ in results] == [
+        (True, "fired"), (True, "retrying"), (True, "failed"), (False, "firing")]
+    results = [(applied, next_ms) for applied, _, next_ms in results]
     records = [store.get(i)[0] for i in ids]
     assert [(r["status"], r["attempts"], r["last_error"]) for r in records] == [
         ("fired", 1, None), ("retrying", 1, "HTTP 503"), ("failed", 1, "HTTP 404"), ("firing", 1, None)]
@@ -166,7 +179,7 @@ def test_finish_a_batch_records_each_outcome_and_fences_stale_attempts(store, re
 def test_renew_extends_leases_of_attempts_still_owned_only(store, redis_client):
     ids = _due_now(store, 2, 3)
     claims = store.claim(ids, lease_ms=1_000)
-    [(applied, _)] = store.finish([Finish(ids[2], 1, "fired")])
+    [(applied, _, _)] = store.finish([Finish(ids[2], 1, "fired")], LIMITS)
     assert applied
     # Recovery took ids[1] back and a new attempt claimed it: the old claim must not extend it.
     redis_client.hset(store.shard(2).record_key(ids[1]), "a", 2)
@@ -177,3 +190,192 @@ def test_renew_extends_leases_of_attempts_still_owned_only(store, redis_client):
     assert leases[b"%d" % ids[1]] == now + 1_000
     assert b"%d" % ids[2] not in leases
     assert int(redis_client.hget(store.shard(2).record_key(ids[0]), "l")) == leases[b"%d" % ids[0]]
+
+
+# --- scheduling API: absolute fire times, rescheduling, payloads -------------------------------------
+
+def test_a_payload_is_stored_only_as_far_as_it_is_given(store, redis_client):
+    def fields(timer_id):
+        return redis_client.hgetall(store.shard(0).record_key(timer_id))
+
+    bare, _, _ = store.create("https://x.test/h", 60_000, 0)
+    # A timer without a payload costs exactly what it did before the payload existed.
+    assert sorted(fields(bare)) == [b"f", b"r", b"s", b"u"]
+    body_only, _, _ = store.create("https://x.test/h", 60_000, 0, payload=Payload(body=""))
+    assert sorted(fields(body_only)) == [b"b", b"f", b"r", b"s", b"u"]
+    full, record, _ = store.create("https://x.test/h", 60_000, 0, payload=Payload(
+        "é", "application/json", {"X-A": "1", "Authorization": "Bearer x"}))
+    stored = fields(full)
+    assert (stored[b"b"], stored[b"c"], stored[b"h"]) == (
+        "é".encode(), b"application/json", b'{"X-A":"1","Authorization":"Bearer x"}')
+    assert store.get(full)[0]["payload"] == record["payload"]
+    assert store.get(bare)[0]["payload"] is None
+    [claim] = store.claim([store.create("https://x.test/h", 0, 0, payload=record["payload"])[0]], 10_000)
+    assert claim.payload == record["payload"]
+
+
+def test_an_absolute_fire_time_is_kept_a_past_one_is_now_a_far_one_refused(store, redis_client):
+    now = now_ms(redis_client)
+    timer_id, record, created = store.create("https://x.test/h", 0, 1, at_ms=now + 5_000, max_delay_ms=10_000)
+    assert record["fire_at"] == now + 5_000 == store.get(timer_id)[0]["fire_at"]
+    assert redis_client.zscore(store.shard(1).due_key, timer_id) == now + 5_000
+    past, record, created = store.create("https://x.test/h", 0, 1, at_ms=now - 60_000, max_delay_ms=10_000)
+    assert record["fire_at"] == created
+    seq = redis_client.get(store.shard(1).seq_key)
+    with pytest.raises(BeyondMaxDelay):
+        store.create("https://x.test/h", 0, 1, at_ms=now + 60_000, max_delay_ms=10_000)
+    # Nothing was stored, not even an id taken.
+    assert redis_client.get(store.shard(1).seq_key) == seq
+    assert redis_client.zcard(store.shard(1).due_key) == 2
+
+
+def test_reschedule_drops_a_queued_message_through_the_claims_early_check(store, redis_client):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 2)
+    assert store.feed(2, 2, 30_000) == 1  # a message for it is on the queue now
+    shard = store.shard(2)
+    # A due time left on a scheduled record (none is today) must not outlive the new fire time.
+    redis_client.hset(shard.record_key(timer_id), "d", 1)
+    status, record, now = store.reschedule(timer_id, delay_ms=60_000)
+    assert (status, record["fire_at"], record["status"]) == ("rescheduled", now + 60_000, "scheduled")
+    assert redis_client.hget(shard.record_key(timer_id), "d") is None
+    assert redis_client.zscore(shard.due_key, timer_id) == now + 60_000
+    [claim] = store.claim([timer_id], 10_000)
+    assert (claim.status, claim.due_ms) == ("early", now + 60_000)
+    assert store.get(timer_id)[0]["status"] == "scheduled"
+    assert redis_client.zscore(shard.due_key, timer_id) == now + 60_000
+    assert store.feed(2, 2, 30_000) == 0  # not due: the due index feeds it at the new time
+
+
+def test_reschedule_moves_a_retrying_timers_next_attempt_and_nothing_else(store, redis_client):
+    timer_id = _due_now(store, 3, 1)[0]
+    store.claim([timer_id], 10_000)
+    assert store.reschedule(timer_id, delay_ms=1_000)[:2] == ("firing", None)
+    store.finish([Finish(timer_id, 1, "retrying", "HTTP 503", 3_600_000)], LIMITS)
+    at = now_ms(redis_client) + 2_000
+    status, record, _ = store.reschedule(timer_id, at_ms=at, max_delay_ms=10_000)
+    assert (status, record["status"], record["attempts"], record["last_error"]) == (
+        "rescheduled", "retrying", 1, "HTTP 503")
+    shard = store.shard(3)
+    assert redis_client.zscore(shard.due_key, timer_id) == at
+    assert redis_client.zscore(shard.retries_key, timer_id) == at
+    assert int(redis_client.hget(shard.record_key(timer_id), "d")) == at
+    with pytest.raises(BeyondMaxDelay):
+        store.reschedule(timer_id, at_ms=at + 3_600_000, max_delay_ms=10_000)
+    assert redis_client.zscore(shard.due_key, timer_id) == at
+    assert store.cancel(timer_id) == "retrying"
+    assert store.reschedule(timer_id, delay_ms=0)[:2] == ("cancelled", None)
+    assert store.reschedule(999_003, delay_ms=0)[:2] == ("missing", None)
+def _attempt(store, timer_id, status="retrying", wait_ms=60_000, limits=LIMITS, error="HTTP 503"):
+    """Claim ``timer_id`` (made due first) and record ``status`` for that attempt; returns finish's result."""
+    shard = store.shard(home_shard(timer_id))
+    store.shard(home_shard(timer_id)).redis.hset(shard.record_key(timer_id), "d", 0)
+    [claim] = store.claim([timer_id], lease_ms=10_000)
+    assert claim.status == "firing", claim
+    [result] = store.finish([Finish(timer_id, claim.attempt, status, error, wait_ms, claim.now_ms)], limits)
+    return claim, result
+
+
+def test_a_timer_without_retry_stores_no_retry_fields_and_one_with_it_only_what_it_gave(store, redis_client):
+    plain, _, _ = store.create("https://x.test/h", 60_000, 0)
+    own, record, _ = store.create("https://x.test/h", 60_000, 0, retry={"max_attempts": 2})
+    assert set(redis_client.hgetall(store.shard(0).record_key(plain))) == {b"u", b"f", b"s", b"r"}
+    assert redis_client.hget(store.shard(0).record_key(own), "m") == b"2"
+    assert redis_client.hget(store.shard(0).record_key(own), "w") is None
+    assert record["retry"] == store.get(own)[0]["retry"] == {"max_attempts": 2}
+    assert store.get(plain)[0]["retry"] is None
+
+
+def test_a_timer_fired_at_its_first_attempt_gets_no_window_field(store, redis_client):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 1)
+    _, (applied, status, _) = _attempt(store, timer_id, "fired", 0)
+    assert (applied, status) == (True, "fired")
+    assert redis_client.hget(store.shard(1).record_key(timer_id), "p") is None
+
+
+def test_the_timers_own_max_attempts_overrides_the_default_on_the_same_path(store):
+    own, _, _ = store.create("https://x.test/h", 0, 1, retry={"max_attempts": 2})
+    plain, _, _ = store.create("https://x.test/h", 0, 1)
+    limits = RetryLimits(max_attempts=3, max_seconds=86_400)
+    assert [_attempt(store, own, limits=limits)[1][1] for _ in range(2)] == ["retrying", "failed"]
+    assert [_attempt(store, plain, limits=limits)[1][1] for _ in range(3)] == [
+        "retrying", "retrying", "failed"]
+    record = store.get(own)[0]
+    assert (record["status"], record["attempts"], record["last_error"], record["next_attempt_at"]) == (
+        "failed", 2, "HTTP 503", None)
+
+
+def test_a_retry_is_due_after_its_wait_and_shows_as_next_attempt_at(store):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 2)
+    claim, (applied, status, next_ms) = _attempt(store, timer_id, wait_ms=5_000)
+    assert (applied, status) == (True, "retrying")
+    assert claim.now_ms + 5_000 <= next_ms <= claim.now_ms + 5_000 + 1_000
+    assert store.get(timer_id)[0]["next_attempt_at"] == next_ms
+
+
+def test_the_window_ends_retries_and_the_last_attempt_is_due_at_its_deadline(store, redis_client):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 2, retry={"max_seconds": 20})
+    first, (_, status, next_ms) = _attempt(store, timer_id, wait_ms=1_000)
+    assert status == "retrying"
+    assert int(redis_client.hget(store.shard(2).record_key(timer_id), "p")) == first.now_ms
+    # A wait that ends past the deadline is cut to end at it: the last attempt comes at the deadline.
+    _, (_, status, next_ms) = _attempt(store, timer_id, wait_ms=60_000)
+    assert (status, next_ms) == ("retrying", first.now_ms + 20_000)
+    # At the deadline no attempt may follow.
+    redis_client.hset(store.shard(2).record_key(timer_id), "p", first.now_ms - 20_000)
+    _, (_, status, _) = _attempt(store, timer_id, wait_ms=1_000)
+    assert status == "failed"
+
+
+def test_a_zero_window_allows_no_retry(store):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 2, retry={"max_seconds": 0})
+    assert _attempt(store, timer_id, wait_ms=0)[1][1] == "failed"
+
+
+def test_run_makes_pending_timers_due_now_and_redrives_failed_ones_with_a_fresh_budget(store, redis_client):
+    later, _, _ = store.create("https://x.test/h", 3_600_000, 3)
+    failed, _, _ = store.create("https://x.test/h", 0, 3, retry={"max_attempts": 1})
+    assert _attempt(store, failed)[1][1] == "failed"
+    assert redis_client.pttl(store.shard(3).record_key(failed)) > 0
+    fired, _, _ = store.create("https://x.test/h", 0, 3)
+    _attempt(store, fired, "fired")
+    assert store.run([later, failed, fired, 999_003]) == ["scheduled", "failed", "fired", "missing"]
+    shard = store.shard(3)
+    record, now = store.get(later)
+    assert (record["status"], now - 1_000 <= record["fire_at"] <= now) == ("scheduled", True)
+    assert redis_client.zscore(shard.due_key, later) == record["fire_at"]
+    record, _ = store.get(failed)
+    assert (record["status"], record["attempts"], record["last_error"]) == ("retrying", 1, "HTTP 503")
+    assert redis_client.pttl(shard.record_key(failed)) == -1
+    assert redis_client.zscore(shard.done_keys["failed"], failed) is None
+    assert redis_client.zscore(shard.retries_key, failed) == record["next_attempt_at"]
+    # A fresh budget: its own max_attempts of 1 allows one more attempt, which backs off as a first.
+    claim, (_, status, _) = _attempt(store, failed)
+    assert (claim.attempt, claim.in_budget, status) == (2, 1, "failed")
+    assert store.get(fired)[0]["status"] == "fired"
+
+
+def test_bulk_run_redrives_failed_timers_only_and_each_once(store):
+    failed, _, _ = store.create("https://x.test/h", 0, 0, retry={"max_attempts": 1})
+    _attempt(store, failed)
+    pending, _, _ = store.create("https://x.test/h", 3_600_000, 0)
+    assert store.run([failed, pending], failed_only=True) == ["failed", "scheduled"]
+    assert store.run([failed, pending], failed_only=True) == ["retrying", "scheduled"]
+    record = store.get(pending)[0]
+    assert record["fire_at"] > store.get(failed)[1] + 3_000_000
+
+
+def test_expire_lease_applies_the_timers_own_limits(store, redis_client):
+    own, _, _ = store.create("https://x.test/h", 0, 1, retry={"max_attempts": 1})
+    plain, _, _ = store.create("https://x.test/h", 0, 1)
+    store.claim([own, plain], lease_ms=0)
+    assert store.expire_lease(own, LIMITS) == "failed"
+    assert store.expire_lease(plain, LIMITS) == "retrying"
+    assert store.get(own)[0]["last_error"] == "lease expired on the last attempt"
+
+
+def test_a_retry_is_never_claimed_early(store, redis_client):
+    timer_id, _, _ = store.create("https://x.test/h", 0, 1)
+    _, (_, status, next_ms) = _attempt(store, timer_id, wait_ms=5_000)
+    assert status == "retrying"
+    [early] = store.claim([timer_id], lease_ms=10_000, early_ms=10_000)
+    assert (early.status, early.due_ms) == ("early", next_ms)

@@ -5,19 +5,38 @@ create-body validation and the home shard of an id."""
 import calendar
 import email.utils
 import itertools
+import os
+import random
 
 import falcon
 import pytest
 import redis
 
-from api.resources import rfc3339_ms, time_left_s
-from api.validation import MAX_URL_LENGTH, FieldError, parse_create
+from api.resources import rfc3339_ms, time_left_s, timer_view
+from api.validation import (
+    MAX_URL_LENGTH,
+    FieldError,
+    parse_create,
+    parse_fire_at,
+    parse_reschedule,
+    parse_retry,
+    parse_run,
+)
 from sharding import config
 from sharding.balancer import LeastBusy, NoShardAvailable
-from sharding.config import ConfigError
+from sharding.config import DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_MAX_RETRY_SECONDS, ConfigError
 from sharding.queues import MAX_TIMERS_PER_MESSAGE, message_for, timers_of
-from sharding.store import home_shard
-from workers.delivery import backoff_s, classify, parse_retry_after, webhook_url
+from sharding.store import Payload, home_shard
+from tests.harness import ROOT
+from workers.delivery import (
+    backoff_ceiling_s,
+    backoff_s,
+    classify,
+    parse_retry_after,
+    schedule,
+    schedule_table,
+    webhook_url,
+)
 
 MAX_DELAY = 31_536_000
 
@@ -80,20 +99,54 @@ def test_classify_retry_honours_retry_after():
 # --- workers.delivery.backoff_s ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("attempt", "ceiling"), [
-    (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0), (10, 512.0), (12, 2048.0),
-    (13, 3600.0), (20, 3600.0), (1000, 3600.0),
+    (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 32.0), (10, 1024.0), (11, 2048.0),
+    (12, 3600.0), (20, 3600.0), (1000, 3600.0),
 ])
-def test_backoff_ceiling_doubles_and_is_capped(attempt, ceiling):
-    assert backoff_s(attempt, rng=lambda: 1.0) == ceiling
-    assert backoff_s(attempt, rng=lambda: 0.5) == ceiling / 2
-    assert backoff_s(attempt, rng=lambda: 0.0) == 0.0
+def test_backoff_is_equal_jitter_between_half_the_ceiling_and_the_ceiling(attempt, ceiling):
+    assert backoff_ceiling_s(attempt) == ceiling
+    assert backoff_s(attempt, rng=lambda: 0.0) == ceiling / 2
+    assert backoff_s(attempt, rng=lambda: 0.5) == ceiling * 3 / 4
+    assert backoff_s(attempt, rng=lambda: 0.999999) == pytest.approx(ceiling, rel=1e-5)
 
 
-def test_backoff_default_rng_within_ceiling():
-    for attempt in (1, 2, 3, 8, 50):
-        ceiling = min(3600.0, 2.0 ** (attempt - 1))
-        for _ in range(50):
-            assert 0.0 <= backoff_s(attempt) <= ceiling
+def test_backoff_with_a_seeded_random_source_keeps_its_bounds():
+    rng = random.Random(12)
+    for attempt in range(1, 60):
+        ceiling = min(3600.0, 2.0 * 2 ** (attempt - 1))
+        waits = [backoff_s(attempt, rng=rng.random) for _ in range(200)]
+        # Never below the 1 s floor, never above the 1 h cap, at least half of each wait kept.
+        assert all(max(1.0, ceiling / 2) <= w <= ceiling <= 3600.0 for w in waits)
+        # Jittered: the waits spread over the upper half, not one value.
+        assert max(waits) - min(waits) > ceiling / 4
+
+
+def test_the_default_schedule_keeps_retrying_for_24_hours_and_no_longer():
+    rows = schedule(DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_MAX_RETRY_SECONDS)
+    assert DEFAULT_WEBHOOK_MAX_ATTEMPTS >= 25 and DEFAULT_WEBHOOK_MAX_RETRY_SECONDS == 86_400
+    # The attempt limit never binds first: the 24 h window ends the schedule.
+    assert len(rows) < DEFAULT_WEBHOOK_MAX_ATTEMPTS
+    assert rows[-1][2] == (86_400, 86_400)
+    assert all(late <= 86_400 for _, _, (_, late) in rows)
+    assert all(wait[0] >= 1.0 and wait[1] <= 3600 for _, wait, _ in rows[1:])
+    # Even with the longest waits, attempts go on until 24 h: a day-long outage is ridden out.
+    assert [n for n, _, (_, late) in rows if late == 86_400][0] < len(rows)
+
+
+def test_schedule_stops_at_the_attempt_limit_and_a_short_window():
+    assert [n for n, _, _ in schedule(3, 86_400)] == [1, 2, 3]
+    assert schedule(5, 20) == [(1, None, (0.0, 0.0)), (2, (1.0, 2.0), (1.0, 2.0)),
+                               (3, (2.0, 4.0), (3.0, 6.0)), (4, (4.0, 8.0), (7.0, 14.0)),
+                               (5, (8.0, 16.0), (15.0, 20.0))]
+    assert schedule(10, 0) == [(1, None, (0.0, 0.0))]
+
+
+def test_the_readme_schedule_table_is_the_codes_output():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    begin, end = "<!-- schedule: python -m workers.delivery --schedule -->\n", "\n<!-- /schedule -->"
+    assert begin in readme and end in readme
+    table = readme[readme.index(begin) + len(begin):readme.index(end)]
+    assert table == schedule_table(DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_MAX_RETRY_SECONDS)
 
 
 # --- workers.delivery.parse_retry_after -------------------------------------------------------------
@@ -426,7 +479,7 @@ def test_parse_create_url_length_limit():
     prefix = "https://x.test/"
     longest = prefix + "a" * (MAX_URL_LENGTH - len(prefix))
     assert len(longest) == 2048
-    assert parse_create({"url": longest}, MAX_DELAY) == (0, longest)
+    assert parse_create({"url": longest}, MAX_DELAY)[:2] == (0, longest)
     error = _field_error({"url": longest + "a"})
     assert error.field == "url"
 
@@ -436,7 +489,7 @@ def test_parse_create_url_length_limit():
     "http://[::1]:9000/h", "https://user:pw@x.test/h",
 ])
 def test_parse_create_good_urls(url):
-    assert parse_create({"url": url, "seconds": 1}, MAX_DELAY) == (1, url)
+    assert parse_create({"url": url, "seconds": 1}, MAX_DELAY)[:2] == (1, url)
 
 
 @pytest.mark.parametrize(("fields", "delay"), [
@@ -450,11 +503,11 @@ def test_parse_create_good_urls(url):
     ({"hours": 8760}, MAX_DELAY),
 ])
 def test_parse_create_total_delay(fields, delay):
-    assert parse_create({"url": URL, **fields}, MAX_DELAY) == (delay, URL)
+    assert parse_create({"url": URL, **fields}, MAX_DELAY)[:2] == (delay, URL)
 
 
 def test_parse_create_delay_above_max_rejected():
-    assert parse_create({"url": URL, "seconds": 100}, 100) == (100, URL)
+    assert parse_create({"url": URL, "seconds": 100}, 100)[:2] == (100, URL)
     error = _field_error({"url": URL, "seconds": 101}, max_delay=100)
     assert error.field == "seconds"
     assert "100" in error.description
@@ -467,7 +520,7 @@ def test_parse_create_delay_above_max_rejected():
 
 
 def test_parse_create_max_delay_zero_only_allows_zero():
-    assert parse_create({"url": URL}, 0) == (0, URL)
+    assert parse_create({"url": URL}, 0)[:2] == (0, URL)
     assert _field_error({"url": URL, "seconds": 1}, max_delay=0).field == "seconds"
 
 
@@ -503,3 +556,122 @@ def test_sender_fails_a_host_idna_cannot_encode_without_raising():
     outcome = Sender(1.0).send("http://a..b/h", 7)
     assert outcome.kind == "fail"
     assert outcome.error.startswith("invalid url: ")
+
+
+# --- api.validation.parse_fire_at and the payload (scheduling API) -----------------------------------
+
+@pytest.mark.parametrize(("text", "epoch_ms"), [
+    ("2026-12-24T18:00:00+01:00", 1_798_131_600_000),
+    ("2026-12-24T17:00:00Z", 1_798_131_600_000),
+    ("2026-12-24t17:00:00z", 1_798_131_600_000),
+    ("2026-12-24T22:30:00+05:30", 1_798_131_600_000),
+    ("2026-12-24T14:00:00-03:00", 1_798_131_600_000),
+    ("2026-12-24T17:00:00.123456Z", 1_798_131_600_123),
+    ("2026-12-24T17:00:00.9999+00:00", 1_798_131_600_999),
+    ("1970-01-01T00:00:00Z", 0),
+    ("1969-12-31T23:59:59.999Z", -1),
+    ("0001-01-01T00:00:00+01:00", -62_135_600_400_000),
+])
+def test_parse_fire_at_is_epoch_ms_in_any_offset(text, epoch_ms):
+    assert parse_fire_at(text) == epoch_ms
+
+
+@pytest.mark.parametrize("text", [
+    "2026-13-01T00:00:00Z", "2026-12-24T18:00:00", "2026-12-24", "20261224T180000Z", "2026-12-24T18:00Z",
+    "2026-12-24T18:00:00+0100", "2026-12-24T24:00:00Z", "2026-02-30T00:00:00Z", "2026-W52-4T18:00:00Z",
+    "2026-12-24T18:00:00+24:00", " 2026-12-24T18:00:00Z", "", "\ud800", "２026-12-24T18:00:00Z", 1798131600,
+    None, ["2026-12-24T18:00:00Z"],
+])
+def test_parse_fire_at_refuses_what_is_not_rfc3339_with_an_offset(text):
+    with pytest.raises(FieldError) as info:
+        parse_fire_at(text)
+    assert info.value.field == "fire_at"
+
+
+def test_parse_create_fire_at_excludes_durations_and_payload_is_optional():
+    assert parse_create({"url": URL, "fire_at": "1970-01-01T00:00:01Z"}, MAX_DELAY) == (
+        0, URL, 1000, None, None)
+    assert _field_error({"url": URL, "fire_at": "1970-01-01T00:00:01Z", "seconds": 0}).field == "fire_at"
+    timer = parse_create({"url": URL, "body": "b", "headers": {"X-A": "a b"}, "content_type": "text/csv"},
+                         MAX_DELAY)
+    assert timer.payload == Payload("b", "text/csv", {"X-A": "a b"})
+    assert parse_create({"url": URL, "headers": {}}, MAX_DELAY).payload is None
+    reserved = _field_error({"url": URL, "headers": {"webhook-whatever": "1"}})
+    assert reserved.field == "headers.webhook-whatever"
+
+
+def test_parse_reschedule_takes_fire_at_or_a_delay_and_nothing_else():
+    assert parse_reschedule({"fire_at": "1970-01-01T00:00:01+00:00"}, MAX_DELAY) == (0, 1000)
+    assert parse_reschedule({"minutes": 2}, MAX_DELAY) == (120, None)
+    for body, field in [({}, "fire_at"), ({"url": URL}, "url"), ({"headers": {}}, "headers")]:
+        with pytest.raises(FieldError) as info:
+            parse_reschedule(body, MAX_DELAY)
+        assert info.value.field == field
+
+
+def test_payload_record_fields_round_trip_and_media_type():
+    full = Payload("é", "application/json", {"X-A": "1"})
+    assert full.fields() == ["b", "é", "c", "application/json", "h", '{"X-A":"1"}']
+    assert Payload.from_fields("é".encode(), b"application/json", b'{"X-A":"1"}') == full
+    assert Payload.from_fields(None, None, None) is None
+    assert Payload(body="x").media_type == "text/plain; charset=utf-8"
+    assert Payload(headers={"X-A": "1"}).media_type is None
+    assert Payload(content_type="text/csv").media_type == "text/csv"
+
+
+def test_timer_view_redacts_every_header_value_and_adds_payload_fields_only_when_given():
+    record = {"url": URL, "fire_at": 1000, "status": "scheduled", "attempts": 0, "last_error": None,
+              "next_attempt_at": None, "retry": None,
+              "payload": Payload("b", None, {"Authorization": "Bearer x", "X-B": "y"})}
+    view = timer_view(7, record, 0)
+    assert (view["body"], view["content_type"]) == ("b", "text/plain; charset=utf-8")
+    assert view["headers"] == {"Authorization": "<redacted>", "X-B": "<redacted>"}
+    assert "Bearer x" not in repr(view)
+    bare = timer_view(7, {**record, "payload": None}, 0)
+    assert set(bare) == {"id", "time_left", "status", "fire_at", "url", "attempts", "last_error",
+                         "next_attempt_at"}
+# --- api.validation.parse_retry / parse_run -----------------------------------------------------------
+
+@pytest.mark.parametrize(("retry", "field"), [
+    ({"max_attempts": 0}, "retry.max_attempts"), ({"max_attempts": 101}, "retry.max_attempts"),
+    ({"max_attempts": 2.0}, "retry.max_attempts"), ({"max_attempts": True}, "retry.max_attempts"),
+    ({"max_attempts": "3"}, "retry.max_attempts"), ({"max_attempts": None}, "retry.max_attempts"),
+    ({"max_seconds": -1}, "retry.max_seconds"), ({"max_seconds": 1.5}, "retry.max_seconds"),
+    ({"max_attempt": 3}, "retry.max_attempt"), ([1], "retry"), ("x", "retry"), (3, "retry"), (None, "retry"),
+])
+def test_parse_retry_names_the_field_and_rule(retry, field):
+    with pytest.raises(FieldError) as err:
+        parse_retry({"url": "https://x.test/h", "retry": retry})
+    assert err.value.field == field
+    assert err.value.to_dict()["description"].startswith(f"'{field}': ")
+
+
+def test_parse_retry_accepts_the_bounds_and_absence():
+    for retry in ({"max_attempts": 1, "max_seconds": 0}, {"max_attempts": 100}, {"max_seconds": 10**12}):
+        assert parse_retry({"retry": retry}) == retry
+    assert parse_retry({"url": "https://x.test/h"}) is None
+    assert parse_retry({"retry": {}}) is None
+
+
+def test_parse_create_accepts_a_retry_field():
+    assert parse_create({"url": "https://x.test/h", "retry": {"max_attempts": 2}}, 100) == (
+        0, "https://x.test/h", None, None, {"max_attempts": 2})
+
+
+def test_parse_run_defaults_and_fields():
+    assert parse_run({}) == (None, None, False, None)
+    assert parse_run({"status": "failed", "host": "X.Test.", "since": "2026-01-01T01:00:00+01:00",
+                      "dry_run": True}) == ("x.test", 1_767_225_600_000, True, None)
+    assert parse_run({"since": "2026-01-01T00:00:00.5Z"})[1] == 1_767_225_600_500
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"status": "fired"}, "status"), ({"dry_run": "yes"}, "dry_run"), ({"dry_run": 0}, "dry_run"),
+    ({"host": 3}, "host"), ({"host": ""}, "host"), ({"since": "2026-01-01"}, "since"),
+    ({"since": "2026-01-01T00:00:00"}, "since"), ({"since": 0}, "since"), ({"limit": 3}, "limit"),
+    ({"cursor": 3}, "cursor"),
+])
+def test_parse_run_refuses_bad_fields(body, field):
+    with pytest.raises(FieldError) as err:
+        parse_run(body)
+    assert err.value.field == field

@@ -81,7 +81,7 @@ def fire_timers(timer_ids, store, sender, settings, senders):
                 pending.append(future.result())
             now = time.monotonic()
             if pending and now - flushed_at >= FLUSH_S:
-                _record(store, pending, statuses)
+                _record(store, settings.retry_limits, pending, statuses)
                 pending, flushed_at = [], now
             if sends and now - renewed_at >= renew_s:
                 # Sends waiting behind slow receivers keep their leases; a
@@ -90,7 +90,7 @@ def fire_timers(timer_ids, store, sender, settings, senders):
                 renewed_at = now
     finally:
         if pending:
-            _record(store, pending, statuses)
+            _record(store, settings.retry_limits, pending, statuses)
     return [statuses[timer_id] for timer_id in timer_ids]
 
 
@@ -101,7 +101,7 @@ def _attempt(claim, claimed_at, sender, settings):
         metrics.FIRE_LATENESS.observe(max(late_s, 0.0))
     token = logs.request_id.set(claim.request_id or None)
     try:
-        outcome = sender.send(claim.url, claim.timer_id)
+        outcome = sender.send(claim.url, claim.timer_id, claim.payload)
     except Exception as exc:  # noqa: BLE001 - a bug must not leave the timer firing until its lease ends
         log.exception("delivery failed unexpectedly", extra={"timer_id": claim.timer_id})
         outcome = Outcome("retry", f"internal error: {type(exc).__name__}")
@@ -109,25 +109,31 @@ def _attempt(claim, claimed_at, sender, settings):
         logs.request_id.reset(token)
     if outcome.kind == "ok":
         status, delay_s = "fired", 0.0
-    elif outcome.kind == "retry" and claim.attempt < settings.webhook_max_attempts:
+    elif outcome.kind == "retry":
+        # Whether the limits allow another attempt is the store's decision (TimerStore.finish).
         status = "retrying"
         delay_s = outcome.retry_after_s
         if delay_s is None:
-            delay_s = backoff_s(claim.attempt)
+            delay_s = backoff_s(claim.in_budget)
     else:
         status, delay_s = "failed", 0.0
-    metrics.WEBHOOK_ATTEMPTS.labels(_ATTEMPT_LABEL[status]).inc()
-    return Sent(Finish(claim.timer_id, claim.attempt, status, outcome.error, delay_s * 1000),
-                outcome, claim, late_s)
+    return Sent(Finish(claim.timer_id, claim.attempt, status, outcome.error, delay_s * 1000,
+                       claim.now_ms), outcome, claim, late_s)
 
 
-def _record(store, pending, statuses):
-    """Record the outcomes of ``pending`` attempts in one script, then log them."""
-    results = store.finish([sent.finish for sent in pending])
-    for (finish, outcome, claim, late_s), (applied, _) in zip(pending, results, strict=True):
-        statuses[finish.timer_id] = finish.status
-        if applied and finish.status == "fired":
-            metrics.TIMER_FIRED.inc()
+def _record(store, limits, pending, statuses):
+    """Record the outcomes of ``pending`` attempts in one script (``limits``: the default
+    ``RetryLimits``), count them, then log them."""
+    results = store.finish([sent.finish for sent in pending], limits)
+    for (finish, outcome, claim, late_s), (applied, status, next_ms) in zip(pending, results, strict=True):
+        statuses[finish.timer_id] = status
+        # An attempt no longer applied was cut off: recovery took the timer back and counts its retry.
+        if applied:
+            metrics.WEBHOOK_ATTEMPTS.labels(_ATTEMPT_LABEL[status]).inc()
+            if status == "fired":
+                metrics.TIMER_FIRED.inc()
+            elif status == "failed":
+                metrics.TIMER_FAILED.inc()
         # Successes are DEBUG: a JSON line per webhook costs as much CPU as the
         # rest of the bookkeeping (docs/BENCHMARKS.md).
         level = logging.DEBUG if outcome.kind == "ok" and applied else logging.INFO
@@ -137,8 +143,9 @@ def _record(store, pending, statuses):
         try:
             log.log(level, "delivery attempt", extra={
                 "timer_id": finish.timer_id, "attempt": finish.attempt, "outcome": outcome.kind,
-                "status": finish.status, "error": outcome.error, "lateness_s": round(late_s, 3),
-                "applied": applied})
+                "status": status, "error": outcome.error, "lateness_s": round(late_s, 3),
+                "applied": applied, **({"wait_s": finish.retry_delay_ms / 1000, "next_attempt_ms": next_ms}
+                                       if applied and status == "retrying" else {})})
         finally:
             logs.request_id.reset(token)
 
