@@ -7,6 +7,8 @@ its own timers); tests that need a service of their own are in ``test_cluster_op
 
 import collections
 import concurrent.futures
+import datetime
+import time
 
 import pytest
 import requests
@@ -86,6 +88,32 @@ def test_bad_input_unknown_ids_and_cancel_on_a_cluster(on_cluster, receiver):
     shards = requests.get(f"{on_cluster.url}/shards", timeout=10).json()["shards"]
     assert [s["index"] for s in shards] == list(range(SHARDS))
     assert requests.get(f"{on_cluster.url}/readyz", timeout=10).status_code == 200
+
+
+def test_fire_at_payload_retry_patch_run_and_re_drive_on_a_cluster(on_cluster, receiver):
+    receiver.script("/fails", [(404, {}, 0)])
+    fire_at = datetime.datetime.fromtimestamp(time.time() + 600, datetime.UTC).isoformat()
+    body = {"url": f"{receiver.url}/hook", "fire_at": fire_at, "body": "hello", "content_type": "text/x",
+            "headers": {"X-Trace": "t-1"}, "retry": {"max_attempts": 3}}
+    created = requests.post(f"{on_cluster.url}/timers", json=body, timeout=10)
+    assert created.status_code == 201, created.text
+    timer_id = created.json()["id"]
+    assert on_cluster.get(timer_id)["time_left"] > 590
+    patched = requests.patch(f"{on_cluster.url}/timers/{timer_id}", json={"seconds": 1}, timeout=10)
+    assert patched.status_code == 200 and patched.json()["time_left"] == 1, patched.text
+    later = on_cluster.create(f"{receiver.url}/hook", hours=1).json()["id"]
+    assert requests.post(f"{on_cluster.url}/timers/{later}/run", timeout=10).status_code == 202
+    _delivered_once(receiver, on_cluster, [timer_id, later])
+    sent = next(r for r in receiver.received() if r["headers"]["webhook-id"] == str(timer_id))
+    assert (sent["body"], sent["headers"]["content-type"], sent["headers"]["x-trace"]) == (
+        b"hello", "text/x", "t-1")
+
+    failing = on_cluster.create(f"{receiver.url}/fails", seconds=0).json()["id"]
+    wait_status(on_cluster, failing, "failed")
+    receiver.script("/fails", [(200, {}, 0)])
+    redriven = requests.post(f"{on_cluster.url}/timers/run", json={"status": "failed"}, timeout=30)
+    assert redriven.status_code == 200 and redriven.json()["run"] >= 1, redriven.text
+    wait_status(on_cluster, failing, "fired")
 
 
 def test_400_timers_due_in_one_second_are_each_delivered_once(on_cluster, receiver):
