@@ -316,13 +316,13 @@ class Overview(Page):
     def on_get(self, req, resp):
         """The overview page."""
         samples = metrics.host_samples()
-        buckets, fired_total = lateness_buckets(samples)
+        buckets, first_attempts = lateness_buckets(samples)
         shards = shard_depths(self.store, self.settings.shards)
         memory = self.store.control.info("memory")
         self.page(req, resp, "overview.html", shards=shards,
                   totals={k: sum(s[k] for s in shards) for k in ("scheduled", "queued", "in_flight")},
                   rates=self.rates.per_minute(Rates.values(samples), time.monotonic()),
-                  buckets=buckets, lateness_total=fired_total,
+                  buckets=buckets, lateness_total=first_attempts,
                   largest_bucket=max([count for _, count in buckets] + [1]),
                   memory={"used": memory.get("used_memory_human", "?"),
                           "peak": memory.get("used_memory_peak_human", "?"),
