@@ -10,7 +10,7 @@ import logging
 import falcon
 import redis
 
-from api import openapi
+from api import dashboard, openapi
 from api.auth import BearerAuth
 from api.middleware import RequestContext
 from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem, TimerRun
@@ -81,4 +81,5 @@ def create_app(settings=None, store=None):
     app.add_route("/readyz", Ready(settings.effective_redis_url()))
     app.add_route("/metrics", Metrics(store, settings))
     openapi.add_routes(app)
+    dashboard.add_routes(app, store, settings)
     return app

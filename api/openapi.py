@@ -242,6 +242,18 @@ def document():
                 "summary": "Swagger UI for this document (no CDN)", "operationId": "docs",
                 "responses": {"200": {"description": "An HTML page.",
                                       "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/dashboard": {"get": {
+                "summary": "The operator's dashboard, an HTML page (not with TIMER_DASHBOARD=off)",
+                "description": "Shard depths, rates and lateness; timers by status at /dashboard/timers; "
+                               "sign-in at /dashboard/signin when TIMER_API_TOKENS is set.",
+                "operationId": "dashboard",
+                "responses": {
+                    "200": {"description": "An HTML page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "303": {"description": "TIMER_API_TOKENS is set and there is no session: "
+                                           "to the sign-in page.",
+                            "headers": {"Location": {"schema": {"type": "string"},
+                                                     "example": "/dashboard/signin"}}}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics", "operationId": "metrics",
                 "responses": {"200": {"description": "Prometheus text exposition format.",

@@ -354,6 +354,14 @@ class TimerRun:
         return sum(self.store.run(ids, failed_only=True).count("failed") for ids in by_shard.values())
 
 
+def shard_depths(store, count):
+    """Depths of live shards ``0..count-1``: ``[{"index", "queue", "scheduled", "queued", "in_flight"}]``."""
+    indexes = list(range(count))
+    return [{"index": i, "queue": queues.queue_name(i), "scheduled": scheduled, "queued": queued,
+             "in_flight": in_flight}
+            for i, (scheduled, queued, in_flight) in zip(indexes, store.depths(indexes), strict=True)]
+
+
 class Shards:
     """``GET /shards``: depth of every live shard."""
 
@@ -363,12 +371,7 @@ class Shards:
 
     def on_get(self, req, resp):
         """200 with ``{"shards": [{"index", "queue", "scheduled", "queued", "in_flight"}]}``."""
-        indexes = list(range(self.settings.shards))
-        resp.media = {"shards": [
-            {"index": i, "queue": queues.queue_name(i), "scheduled": scheduled,
-             "queued": queued, "in_flight": in_flight}
-            for i, (scheduled, queued, in_flight) in zip(indexes, self.store.depths(indexes), strict=True)
-        ]}
+        resp.media = {"shards": shard_depths(self.store, self.settings.shards)}
 
 
 class Health:

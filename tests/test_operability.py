@@ -460,7 +460,7 @@ def test_openapi_document_is_valid_3_1(make_service):
         "/timers": ["get", "post"], "/timers/{id}": ["delete", "get", "patch"], "/timers/{id}/run": ["post"],
         "/timers/run": ["post"], "/shards": ["get"],
         "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
-        "/docs": ["get"]}
+        "/docs": ["get"], "/dashboard": ["get"]}
 
 
 def test_docs_page_is_served_without_external_urls(make_service):
