@@ -299,6 +299,20 @@ class TimerStore:
                                                  for k in range(0, len(ids), size)))
         return len(ids)
 
+    def give_back(self, timer_ids):
+        """Put unclaimed timers of one shard back at the head of its queue, as one message, to be taken next.
+
+        For a consumer that has no sender free for them (``workers.tasks``):
+        another consumer of the shard takes them at once.
+        Args:
+            timer_ids: 1 to ``queues.MAX_TIMERS_PER_MESSAGE`` ids (part of a message) of one shard.
+        Raises:
+            ValueError: the ids are not all on one shard.
+        """
+        shard = self._one_shard(timer_ids)
+        # Huey takes messages from the right end (BRPOP); feeds push on the left.
+        shard.redis.rpush(shard.queue_key, queues.message_for(timer_ids))
+
     def _one_shard(self, timer_ids):
         shard = self._home(timer_ids[0])
         if any(home_shard(timer_id) != shard.index for timer_id in timer_ids):
