@@ -81,8 +81,10 @@ def child_exit(server, worker):
 
 
 def on_starting(server):
-    """gunicorn hook (master): stop when honcho's process runner dies (e.g. a lost terminal)."""
-    _process.die_with_parent()
+    """gunicorn hook (master), before any worker: refuse a data directory another
+    service holds, and stop when the stack's supervisor dies (``sharding.process``)."""
+    _process.refuse_busy_data_dir(_settings)
+    _process.die_with_stack()
 
 
 def _json_error(sock, status_int, reason, mesg):
