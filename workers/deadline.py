@@ -4,8 +4,11 @@
 receiver that sends one byte a second never times out. A :class:`Watchdog`
 thread ends every attempt that outlives its deadline by shutting down the
 socket of the connection it uses: the blocked read or write in the sender
-thread then fails at once, whatever the receiver does (connect, sending
-the request, waiting for the headers, reading the body).
+thread then fails at once, whatever the receiver does (sending the
+request, waiting for the headers, reading the body). Before the socket
+exists (the DNS lookup, the TCP connect) and during a TLS handshake each
+step is bounded by the per-operation timeout only; an attempt found past
+its deadline after them ends at once (:func:`watch`).
 """
 
 import contextlib

@@ -59,7 +59,9 @@ class _Guarded:
         # Dial the checked address; self.host stays the name (Host header, SNI, cert check).
         self._dns_host = resolve_checked(self.host, self.port, self.deny)
         sock = super()._new_conn()
-        # The attempt's deadline covers the TLS handshake and everything after it.
+        # The attempt's deadline can cut this socket from now on; a TLS socket
+        # replaces it once its handshake is done (bounded per operation by the
+        # connect timeout), and request() hands that one over.
         deadline.watch(sock)
         return sock
 
