@@ -29,7 +29,8 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"
 MAX_EXAMPLES = 25
 # schemathesis leaves out the operation that serves the schema it loaded (GET /openapi.json).
 EXPECTED_OPERATIONS = ["POST /timers", "GET /timers", "GET /timers/{id}", "DELETE /timers/{id}",
-                       "GET /shards", "GET /healthz", "GET /readyz", "GET /metrics", "GET /docs"]
+                       "GET /shards", "GET /healthz", "HEAD /healthz", "GET /readyz", "GET /metrics",
+                       "GET /docs"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
