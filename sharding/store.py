@@ -299,19 +299,20 @@ class TimerStore:
                                                  for k in range(0, len(ids), size)))
         return len(ids)
 
-    def give_back(self, timer_ids):
-        """Put unclaimed timers of one shard back at the head of its queue, as one message, to be taken next.
+    def give_back(self, queue_index, timer_ids):
+        """Put unclaimed timers back at the head of queue ``queue_index``, as one message, to be taken next.
 
         For a consumer that has no sender free for them (``workers.tasks``):
-        another consumer of the shard takes them at once.
+        another consumer of that queue takes them at once. The queue is the
+        one the message came from, which for a retired shard's timers is not
+        their home shard's (``sharding.recovery`` feeds them to live queues).
         Args:
-            timer_ids: 1 to ``queues.MAX_TIMERS_PER_MESSAGE`` ids (part of a message) of one shard.
-        Raises:
-            ValueError: the ids are not all on one shard.
+            queue_index: the shard whose queue the message was taken from.
+            timer_ids: 1 to ``queues.MAX_TIMERS_PER_MESSAGE`` ids (part of that message).
         """
-        shard = self._one_shard(timer_ids)
+        queue = self.shard(queue_index)
         # Huey takes messages from the right end (BRPOP); feeds push on the left.
-        shard.redis.rpush(shard.queue_key, queues.message_for(timer_ids))
+        queue.redis.rpush(queue.queue_key, queues.message_for(timer_ids))
 
     def _one_shard(self, timer_ids):
         shard = self._home(timer_ids[0])

@@ -458,7 +458,7 @@ def test_openapi_document_is_valid_3_1(make_service):
     validate(document)
     assert {path: sorted(ops) for path, ops in document["paths"].items()} == {
         "/timers": ["get", "post"], "/timers/{id}": ["delete", "get"], "/shards": ["get"],
-        "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
+        "/healthz": ["get", "head"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
         "/docs": ["get"]}
 
 

@@ -125,7 +125,7 @@ def main(argv=None):
     sender = Sender(settings.webhook_timeout_seconds, settings.webhook_deny_networks,
                     settings.webhook_secrets)
     senders = tasks.Senders(settings.consumer_threads)
-    tasks.register(shard.huey, store, sender, settings, senders)
+    tasks.register(shard.huey, store, sender, settings, senders, index)
     consumer = TimerConsumer(
         shard.huey,
         senders=senders,

@@ -101,12 +101,12 @@ class Senders:
             self.release()
 
 
-def fire_timers(timer_ids, store, sender, settings, senders):
+def fire_timers(timer_ids, store, sender, settings, senders, queue_index):
     """Run one delivery attempt of each of ``timer_ids`` that is due and unclaimed, as senders allow.
 
     The first as many timers as there are free senders (waiting at most
     :data:`GIVE_BACK_S` for one) are claimed and sent at once; the others go
-    back to the head of the shard's queue unclaimed (``TimerStore.give_back``).
+    back to the head of the queue they came from, unclaimed (``TimerStore.give_back``).
     A retry goes back into the due index (by :meth:`TimerStore.finish`); a
     message for a timer that is not yet due (a stale duplicate) is dropped,
     since the due index feeds the timer again when it is due.
@@ -117,6 +117,7 @@ def fire_timers(timer_ids, store, sender, settings, senders):
         sender: ``workers.delivery.Sender``.
         settings: ``sharding.config.Settings``.
         senders: the consumer's :class:`Senders`.
+        queue_index: the shard whose queue the message came from.
     Returns:
         list with, per timer, the status it was left in (``fired``,
         ``retrying``, ``failed``), ``given back``, or the reason nothing was
@@ -128,7 +129,7 @@ def fire_timers(timer_ids, store, sender, settings, senders):
     statuses = dict.fromkeys(timer_ids[taken:], "given back")
     try:
         if statuses:
-            store.give_back(timer_ids[taken:])
+            store.give_back(queue_index, timer_ids[taken:])
         claims = store.claim(timer_ids[:taken], settings.lease_ms) if taken else []
     except BaseException:
         senders.release(taken)
@@ -215,15 +216,15 @@ def _record(store, pending, statuses):
             logs.request_id.reset(token)
 
 
-def register(huey, store, sender, settings, senders):
-    """Register the ``fire`` task on ``huey`` (one shard's Huey) and bind its messages to it.
+def register(huey, store, sender, settings, senders, index):
+    """Register the ``fire`` task on ``huey`` (shard ``index``'s Huey) and bind its messages to it.
 
     The consumer's webhooks are sent by ``senders`` (:class:`Senders`),
     shared by its Huey worker threads.
     """
 
     def fire(timer_ids):
-        return fire_timers(timer_ids, store, sender, settings, senders)
+        return fire_timers(timer_ids, store, sender, settings, senders, index)
 
     task = huey.task(name="fire")(fire)
     huey.serializer.bind(task)
