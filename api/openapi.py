@@ -36,7 +36,7 @@ _TIMER_ID = {"name": "id", "in": "path", "required": True,
 _AUTH = [{}, {"bearer": []}]
 
 TIMER_EXAMPLE = {"id": 287533320123002, "time_left": 345, "status": "scheduled",
-                 "fire_at": "2026-11-29T17:30:00.000Z", "url": "https://example.com/hook",
+                 "fire_at": "2026-11-29T17:30:00.000Z", "url": "http://127.0.0.1:9000/hook",
                  "attempts": 0, "last_error": None, "next_attempt_at": None}
 PAYLOAD_TIMER_EXAMPLE = {**TIMER_EXAMPLE, "fire_at": "2026-12-24T17:00:00.000Z",
                          "body": '{"order": 42}', "content_type": "application/json",
@@ -98,7 +98,7 @@ def document():
                                    "pattern": "^[!-~]+$"}}],
                     "requestBody": {"required": True, "content": _json(
                         {"$ref": "#/components/schemas/TimerCreate"},
-                        {"hours": 4, "minutes": 0, "seconds": 1, "url": "https://example.com/hook"})},
+                        {"hours": 4, "minutes": 0, "seconds": 1, "url": "http://127.0.0.1:9000/hook"})},
                     "responses": {
                         "201": {"description": "Created (or replayed under an Idempotency-Key).",
                                 "headers": {"Location": {"schema": {"type": "string"},
@@ -111,7 +111,8 @@ def document():
                                       "is still being processed"),
                         "413": _error("Body over 64 KiB.", "Content Too Large",
                                       "the body must be at most 65536 bytes"),
-                        "415": _error("Content-Type is not application/json.", "Unsupported Media Type",
+                        "415": _error("Content-Type is not application/json, or names a charset "
+                                      "other than UTF-8.", "Unsupported Media Type",
                                       "Content-Type must be application/json"),
                         "422": _error("Idempotency-Key reused with another body.",
                                       "Idempotency-Key reused",
@@ -227,7 +228,10 @@ def document():
             "/healthz": {"get": {
                 "summary": "Liveness", "operationId": "health",
                 "responses": {"200": {"description": "The process serves requests.",
-                                      "content": _json(_status_schema(), {"status": "ok"})}}}},
+                                      "content": _json(_status_schema(), {"status": "ok"})}}},
+                         "head": {
+                "summary": "Liveness, without a body (for load balancers)", "operationId": "healthHead",
+                "responses": {"200": {"description": "The process serves requests."}}}},
             "/readyz": {"get": {
                 "summary": "Readiness", "operationId": "ready",
                 "responses": {"200": {"description": "Redis answers.",

@@ -71,7 +71,7 @@ class Settings:
     workers_per_shard: int
     consumer_threads: int
     api_workers: int
-    api_threads: int
+    api_connections: int
     max_delay_seconds: int
     webhook_timeout_seconds: float
     webhook_max_attempts: int
@@ -144,7 +144,7 @@ def load():
         workers_per_shard=_int_env("TIMER_WORKERS_PER_SHARD", 2, 1),
         consumer_threads=_int_env("TIMER_CONSUMER_THREADS", 4, 1),
         api_workers=_int_env("TIMER_API_WORKERS", 2, 1),
-        api_threads=_int_env("TIMER_API_THREADS", 4, 1),
+        api_connections=_int_env("TIMER_API_CONNECTIONS", 1000, 1),
         max_delay_seconds=_int_env("TIMER_MAX_DELAY_SECONDS", 31_536_000, 0),
         webhook_timeout_seconds=_float_env("TIMER_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1),
         webhook_max_attempts=_int_env("TIMER_WEBHOOK_MAX_ATTEMPTS", DEFAULT_WEBHOOK_MAX_ATTEMPTS, 1),
