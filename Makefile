@@ -3,11 +3,12 @@
 # make test - install requirements-dev.txt into .venv and run the test suite
 # make bench / make bench-quick - install requirements-dev.txt and requirements-bench.txt,
 #   then run the benchmarks (full: at most 15 min; quick: about 2 min; BENCH_SCALE=tiny: ~30 s)
+# make bench-dashboard - the dashboard's pages with 100,000 pending timers (~1 min)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run run-cluster test lint bench bench-quick
+.PHONY: run run-cluster test lint bench bench-quick bench-dashboard
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +44,6 @@ bench: $(VENV)/.bench-deps
 
 bench-quick: $(VENV)/.bench-deps
 	PATH="$(BIN):$$PATH" $(BIN)/python -m bench.run --scale "$${BENCH_SCALE:-quick}"
+
+bench-dashboard: $(VENV)/.dev-deps
+	PATH="$(BIN):$$PATH" $(BIN)/python -m bench.dashboard

@@ -9,7 +9,7 @@ import logging
 
 import falcon
 
-from api import openapi
+from api import dashboard, openapi
 from api.auth import BearerAuth
 from api.middleware import RequestContext
 from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem, TimerRun
@@ -94,4 +94,5 @@ def create_app(settings=None, store=None):
     app.add_route("/readyz", Ready(store.topology))
     app.add_route("/metrics", Metrics(store, settings))
     openapi.add_routes(app)
+    dashboard.add_routes(app, store, settings)
     return app

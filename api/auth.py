@@ -20,6 +20,16 @@ def client_scope(token):
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
+def matches_any(given, tokens):
+    """True when ``given`` (bytes) equals one of ``tokens`` (bytes).
+
+    Compared with every token, without stopping early (``hmac.compare_digest``),
+    so timing tells nothing about which token or how much of it matched.
+    """
+    matches = [hmac.compare_digest(given, t) for t in tokens]
+    return bool(given) and any(matches)
+
+
 class BearerAuth:
     """Falcon middleware enforcing bearer tokens.
 
@@ -41,10 +51,7 @@ class BearerAuth:
         if not req.path.startswith(PROTECTED_PREFIXES):
             return
         scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
-        given = token.strip().encode()
-        # Compare with every token, without stopping early, so timing tells nothing.
-        matches = [hmac.compare_digest(given, t) for t in self.tokens]
-        if scheme.lower() != "bearer" or not given or not any(matches):
+        if scheme.lower() != "bearer" or not matches_any(token.strip().encode(), self.tokens):
             raise falcon.HTTPUnauthorized(
                 title="Unauthorized", description="a valid bearer token is required",
                 challenges=["Bearer"])

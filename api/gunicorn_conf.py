@@ -20,11 +20,15 @@ _settings = _process.load_settings("api")
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 bind = [f"{_host}:{_settings.port}"]
 workers = _settings.api_workers
-worker_class = "gthread"
-threads = _settings.api_threads
-# Slow or stuck clients: gthread closes idle keep-alive connections after
-# keepalive seconds; a request must be handled within timeout seconds.
+# Slow or stuck clients (api/worker.py): a connection is a greenlet, not a
+# thread, so clients that stall their headers or body hold up no one else.
+# A request's headers must arrive within keepalive seconds (of the
+# connection opening, or the previous answer), its body and answer within
+# api.worker.REQUEST_DEADLINE_S of its headers; else the connection is closed.
+worker_class = "api.worker.DeadlineWorker"
+worker_connections = _settings.api_connections
 keepalive = 5
+# gunicorn's heartbeat: a worker silent this long (a stuck event loop) is restarted.
 timeout = 30
 graceful_timeout = max(1, int(_settings.shutdown_seconds))
 # Request line and header limits (gunicorn defaults made explicit).
@@ -77,8 +81,10 @@ def child_exit(server, worker):
 
 
 def on_starting(server):
-    """gunicorn hook (master): stop when honcho's process runner dies (e.g. a lost terminal)."""
-    _process.die_with_parent()
+    """gunicorn hook (master), before any worker: refuse a data directory another
+    service holds, and stop when the stack's supervisor dies (``sharding.process``)."""
+    _process.refuse_busy_data_dir(_settings)
+    _process.die_with_stack()
 
 
 def _json_error(sock, status_int, reason, mesg):

@@ -40,7 +40,14 @@ class RequestContext:
         req.context.log_token = logs.request_id.set(req.context.request_id)
 
     def process_response(self, req, resp, resource, req_succeeded):
-        """Echo the request id, record the duration, and clear the log context."""
+        """Echo the request id, record the duration, and clear the log context.
+
+        ``OPTIONS`` (Falcon's default responder: 200, ``Allow``, an empty body
+        labelled JSON) is answered ``204`` with ``Allow`` and no body (RFC 9110 section 9.3.7).
+        """
+        if req.method == "OPTIONS" and resp.status_code == 200:
+            resp.status = 204
+            resp.content_type = None
         resp.set_header("X-Request-ID", req.context.request_id)
         _duration(req.method, req.uri_template or "unmatched", resp.status_code).observe(
             time.monotonic() - req.context.started)

@@ -43,7 +43,7 @@ _TIMER_ID = {"name": "id", "in": "path", "required": True,
 _AUTH = [{}, {"bearer": []}]
 
 TIMER_EXAMPLE = {"id": 287533320123002, "time_left": 345, "status": "scheduled",
-                 "fire_at": "2026-11-29T17:30:00.000Z", "url": "https://example.com/hook",
+                 "fire_at": "2026-11-29T17:30:00.000Z", "url": "http://127.0.0.1:9000/hook",
                  "attempts": 0, "last_error": None, "next_attempt_at": None}
 PAYLOAD_TIMER_EXAMPLE = {**TIMER_EXAMPLE, "fire_at": "2026-12-24T17:00:00.000Z",
                          "body": '{"order": 42}', "content_type": "application/json",
@@ -105,7 +105,7 @@ def document():
                                    "pattern": "^[!-~]+$"}}],
                     "requestBody": {"required": True, "content": _json(
                         {"$ref": "#/components/schemas/TimerCreate"},
-                        {"hours": 4, "minutes": 0, "seconds": 1, "url": "https://example.com/hook"})},
+                        {"hours": 4, "minutes": 0, "seconds": 1, "url": "http://127.0.0.1:9000/hook"})},
                     "responses": {
                         "201": {"description": "Created (or replayed under an Idempotency-Key).",
                                 "headers": {"Location": {"schema": {"type": "string"},
@@ -118,7 +118,8 @@ def document():
                                       "is still being processed"),
                         "413": _error("Body over 64 KiB.", "Content Too Large",
                                       "the body must be at most 65536 bytes"),
-                        "415": _error("Content-Type is not application/json.", "Unsupported Media Type",
+                        "415": _error("Content-Type is not application/json, or names a charset "
+                                      "other than UTF-8.", "Unsupported Media Type",
                                       "Content-Type must be application/json"),
                         "422": _error("Idempotency-Key reused with another body.",
                                       "Idempotency-Key reused",
@@ -234,7 +235,10 @@ def document():
             "/healthz": {"get": {
                 "summary": "Liveness", "operationId": "health",
                 "responses": {"200": {"description": "The process serves requests.",
-                                      "content": _json(_status_schema(), {"status": "ok"})}}}},
+                                      "content": _json(_status_schema(), {"status": "ok"})}}},
+                         "head": {
+                "summary": "Liveness, without a body (for load balancers)", "operationId": "healthHead",
+                "responses": {"200": {"description": "The process serves requests."}}}},
             "/readyz": {"get": {
                 "summary": "Readiness", "operationId": "ready",
                 "responses": {"200": {"description": "Redis answers.",
@@ -249,6 +253,18 @@ def document():
                 "summary": "Swagger UI for this document (no CDN)", "operationId": "docs",
                 "responses": {"200": {"description": "An HTML page.",
                                       "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/dashboard": {"get": {
+                "summary": "The operator's dashboard, an HTML page (not with TIMER_DASHBOARD=off)",
+                "description": "Shard depths, rates and lateness; timers by status at /dashboard/timers; "
+                               "sign-in at /dashboard/signin when TIMER_API_TOKENS is set.",
+                "operationId": "dashboard",
+                "responses": {
+                    "200": {"description": "An HTML page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "303": {"description": "TIMER_API_TOKENS is set and there is no session: "
+                                           "to the sign-in page.",
+                            "headers": {"Location": {"schema": {"type": "string"},
+                                                     "example": "/dashboard/signin"}}}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics", "operationId": "metrics",
                 "responses": {"200": {"description": "Prometheus text exposition format.",

@@ -10,9 +10,10 @@ import time
 
 import falcon
 import falcon.media
+from gunicorn.http.errors import NoMoreData, ParseException
 
 from api.idempotency import IdempotencyKeys, check_key, fingerprint
-from api.validation import FieldError, parse_create, parse_reschedule, parse_run, url_host
+from api.validation import FieldError, parse_create, parse_reschedule, parse_run, printable, url_host
 from sharding import metrics, queues
 from sharding.store import STATUSES, BeyondMaxDelay, NotReplicated, home_shard, now_ms
 from sharding.topology import REDIS_ERRORS
@@ -107,20 +108,33 @@ def read_json_body(req):
     Returns:
         the decoded document.
     Raises:
-        falcon.HTTPUnsupportedMediaType: Content-Type is not ``application/json``.
+        falcon.HTTPUnsupportedMediaType: Content-Type is not ``application/json``,
+            or names a charset other than UTF-8.
         falcon.HTTPContentTooLarge: more than 64 KiB.
-        falcon.HTTPBadRequest: empty or malformed JSON.
+        falcon.HTTPBadRequest: empty or malformed JSON, or a malformed chunked body.
     """
-    mime = (req.content_type or "").split(";", 1)[0].strip().lower()
-    if mime != falcon.MEDIA_JSON:
+    mime, params = falcon.parse_header(req.content_type or "")
+    if mime.lower() != falcon.MEDIA_JSON:
         raise falcon.HTTPUnsupportedMediaType(
             description=f"Content-Type must be application/json, not {req.content_type!r}")
+    charset = params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        # RFC 8259 section 8.1: JSON between systems is UTF-8; other charsets are refused, not guessed.
+        raise falcon.HTTPUnsupportedMediaType(
+            description=f"the body must be UTF-8 JSON, not charset={printable(charset)!r}")
     if (req.content_length or 0) > MAX_BODY_BYTES:
         raise _too_large()
     # Without Content-Length (chunked), Falcon's bounded_stream reads nothing;
     # gunicorn decodes the chunks on the raw stream, which ends at the body's end.
     stream = req.bounded_stream if req.content_length is not None else req.stream
-    raw = stream.read(MAX_BODY_BYTES + 1)
+    try:
+        raw = stream.read(MAX_BODY_BYTES + 1)
+    except (ParseException, NoMoreData) as exc:
+        # gunicorn's chunked decoding: a bad or missing chunk size, terminator,
+        # last chunk or trailer. The connection cannot carry another request.
+        reason = printable(str(exc)) or type(exc).__name__
+        raise falcon.HTTPBadRequest(title="Invalid body", description=f"malformed chunked body: {reason}",
+                                    headers={"Connection": "close"}) from None
     if len(raw) > MAX_BODY_BYTES:
         raise _too_large()
     try:
@@ -408,6 +422,14 @@ class TimerRun:
         return sum(self.store.run(ids, failed_only=True).count("failed") for ids in by_shard.values())
 
 
+def shard_depths(store, count):
+    """Depths of live shards ``0..count-1``: ``[{"index", "queue", "scheduled", "queued", "in_flight"}]``."""
+    indexes = list(range(count))
+    return [{"index": i, "queue": queues.queue_name(i), "scheduled": scheduled, "queued": queued,
+             "in_flight": in_flight}
+            for i, (scheduled, queued, in_flight) in zip(indexes, store.depths(indexes), strict=True)]
+
+
 class Shards:
     """``GET /shards``: depth of every live shard."""
 
@@ -417,20 +439,18 @@ class Shards:
 
     def on_get(self, req, resp):
         """200 with ``{"shards": [{"index", "queue", "scheduled", "queued", "in_flight"}]}``."""
-        indexes = list(range(self.settings.shards))
-        resp.media = {"shards": [
-            {"index": i, "queue": queues.queue_name(i), "scheduled": scheduled,
-             "queued": queued, "in_flight": in_flight}
-            for i, (scheduled, queued, in_flight) in zip(indexes, self.store.depths(indexes), strict=True)
-        ]}
+        resp.media = {"shards": shard_depths(self.store, self.settings.shards)}
 
 
 class Health:
-    """``GET /healthz``: 200 while the process serves requests."""
+    """``GET /healthz`` (and ``HEAD``, for load balancers): 200 while the process serves requests."""
 
     def on_get(self, req, resp):
         """Always 200 ``{"status": "ok"}``."""
         resp.media = {"status": "ok"}
+
+    # Falcon sends no body for HEAD, and keeps the headers (Content-Length included).
+    on_head = on_get
 
 
 class Ready:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import ciso8601
 import falcon
+import idna
 
 from sharding.store import Payload
 
@@ -108,15 +109,25 @@ def _checked_url(url):
 def check_host(host):
     """Accept an IP literal or a DNS name whose IDNA labels are valid (RFC 1123, RFC 5891).
 
+    A non-ASCII name must encode as urllib3 encodes it for delivery (the
+    ``idna`` package, IDNA 2008, labels split at ``.`` only), so a name such
+    as ``127．0．0．1`` (fullwidth dots) is refused here rather than failing at
+    its fire time. An IPv6 zone id (``[fe80::1%25eth0]``) names an interface
+    of the sending machine, not a destination, and is refused too.
+
     Raises:
         FieldError: on ``url``.
     """
+    if "%" in host:
+        raise FieldError("url", "host must not carry an IPv6 zone id ('%'): it names a network "
+                                "interface of the sending machine, not a destination")
     ascii_host = host.rstrip(".")
     if not ascii_host.isascii():
         try:
-            ascii_host = ascii_host.encode("idna").decode("ascii")
-        except UnicodeError:
-            ascii_host = ""
+            ascii_host = idna.encode(ascii_host.lower(), strict=True, std3_rules=True).decode("ascii")
+        except UnicodeError as exc:  # idna.IDNAError is one
+            raise FieldError("url", f"host is not a valid internationalized domain name "
+                                    f"(IDNA 2008, RFC 5891): {printable(str(exc))}") from None
     if len(ascii_host) <= 253 and all(_LABEL.match(label) for label in ascii_host.split(".")):
         return  # a DNS name (an IPv4 literal is one too)
     try:

@@ -1141,7 +1141,7 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
         "product": revision,
         "config": {"shards": settings.shards, "workers_per_shard": settings.workers_per_shard,
                    "consumer_threads": settings.consumer_threads, "api_workers": settings.api_workers,
-                   "api_threads": settings.api_threads, "populate": populate_mode,
+                   "api_connections": settings.api_connections, "populate": populate_mode,
                    "sizes": dataclasses.asdict(scale)},
         "machine_speed": machine_speed(details),
         "sizes_chosen": sizes_chosen(scale, details),

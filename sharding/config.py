@@ -22,6 +22,8 @@ DEFAULT_WEBHOOK_MAX_ATTEMPTS = 60
 DEFAULT_WEBHOOK_MAX_RETRY_SECONDS = 86_400
 
 SERVICE_NAME = "timer-service"
+# TIMER_DASHBOARD: the operator's dashboard with actions, without it, or without actions.
+DASHBOARD_MODES = ("on", "off", "readonly")
 VERSION = "0.1.0"
 
 # Socket paths are limited to 107 bytes by sockaddr_un (unix(7)).
@@ -71,7 +73,7 @@ class Settings:
     workers_per_shard: int
     consumer_threads: int
     api_workers: int
-    api_threads: int
+    api_connections: int
     max_delay_seconds: int
     webhook_timeout_seconds: float
     webhook_max_attempts: int
@@ -85,6 +87,8 @@ class Settings:
     webhook_deny_networks: tuple
     webhook_secrets: tuple
     api_tokens: tuple
+    dashboard: str = "on"
+    dashboard_session_seconds: int = 8 * 3600
 
     def store(self):
         """A ``sharding.store.TimerStore`` on this configuration's Redis or Redis Cluster."""
@@ -161,7 +165,7 @@ def load():
         workers_per_shard=_int_env("TIMER_WORKERS_PER_SHARD", 2, 1),
         consumer_threads=_int_env("TIMER_CONSUMER_THREADS", 4, 1),
         api_workers=_int_env("TIMER_API_WORKERS", 2, 1),
-        api_threads=_int_env("TIMER_API_THREADS", 4, 1),
+        api_connections=_int_env("TIMER_API_CONNECTIONS", 1000, 1),
         max_delay_seconds=_int_env("TIMER_MAX_DELAY_SECONDS", 31_536_000, 0),
         webhook_timeout_seconds=_float_env("TIMER_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1),
         webhook_max_attempts=_int_env("TIMER_WEBHOOK_MAX_ATTEMPTS", DEFAULT_WEBHOOK_MAX_ATTEMPTS, 1),
@@ -176,7 +180,17 @@ def load():
         webhook_deny_networks=_deny_networks(),
         webhook_secrets=tuple(os.environ.get("TIMER_WEBHOOK_SECRET", "").split()),
         api_tokens=tuple(t.strip() for t in os.environ.get("TIMER_API_TOKENS", "").split(",") if t.strip()),
+        dashboard=_choice_env("TIMER_DASHBOARD", DASHBOARD_MODES),
+        dashboard_session_seconds=_int_env("TIMER_DASHBOARD_SESSION_SECONDS", 8 * 3600, 60),
     )
+
+
+def _choice_env(name, choices):
+    """The value of ``name``, one of ``choices`` (the first is the default)."""
+    raw = os.environ.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of: {', '.join(choices)}")
+    return raw
 
 
 def parse_networks(text):

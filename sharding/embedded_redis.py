@@ -76,23 +76,26 @@ def drain(url, deadline):
 
 
 def _lock_data_dir(data_dir):
-    """Hold an exclusive lock on ``data_dir/redis.lock`` (its content: our pid) for our lifetime.
+    """Hold an exclusive lock on ``data_dir/redis.lock`` for our lifetime.
 
-    Two services on one data directory would run two Redis servers on one AOF.
-    The lock goes with the process, also on kill -9.
+    Two services on one data directory would run two Redis servers on one
+    AOF. The lock goes with the process, also on kill -9. Its content, our
+    pid and our supervisor's (``sharding.process.lock_content``), tells the
+    other processes of a second service to stop before they touch Redis
+    (``sharding.process.refuse_busy_data_dir``).
     Raises:
         SystemExit(1): another process holds the lock (logged with its pid).
     """
-    lock = open(os.path.join(data_dir, "redis.lock"), "a+")
+    lock = open(os.path.join(data_dir, process.LOCK_FILE), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
         log.error("TIMER_DATA_DIR is in use by another service", extra={
-            "data_dir": os.path.abspath(data_dir), "holder_pid": lock.read().strip()})
+            "data_dir": os.path.abspath(data_dir), "holder_pid": lock.read().split(" ")[0]})
         raise SystemExit(1) from None
     lock.truncate(0)
-    lock.write(str(os.getpid()))
+    lock.write(process.lock_content())
     lock.flush()
     return lock
 
@@ -107,7 +110,7 @@ def _relay(stream):
 
 def main():
     """Entry point: run Redis in the foreground until SIGTERM/SIGINT."""
-    settings, stop = process.start("redis")
+    settings, stop = process.start("redis", uses_redis=False)
     if settings.external_redis:
         name = "REDIS_URL" if settings.redis_url else "REDIS_CLUSTER_URL"
         log.info(f"{name} is set; not starting an embedded Redis")

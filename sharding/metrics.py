@@ -71,16 +71,37 @@ class ShardDepthCollector:
         yield family
 
 
+def _host_registry():
+    """A registry summing the metrics files of every process of this host."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
 def exposition(store, shard_count):
     """Prometheus text of every process's metrics plus live shard depths.
 
     Returns:
         (body bytes, content type).
     """
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    registry = _host_registry()
     registry.register(ShardDepthCollector(store, shard_count))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def host_samples():
+    """Every sample of this host's processes, summed as ``/metrics`` shows them.
+
+    Returns:
+        dict sample name → list of (labels dict, value), e.g.
+        ``{"timer_created_total": [({}, 12.0)], "timer_fire_lateness_seconds_bucket":
+        [({"le": "0.05"}, 3.0), ...], ...}``; histogram buckets are cumulative.
+    """
+    samples = {}
+    for family in _host_registry().collect():
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
 
 
 def process_exited(pid):

@@ -599,6 +599,21 @@ class TimerStore:
                                                  for k in range(0, len(ids), size)))
         return len(ids)
 
+    def give_back(self, queue_index, timer_ids):
+        """Put unclaimed timers back at the head of queue ``queue_index``, as one message, to be taken next.
+
+        For a consumer that has no sender free for them (``workers.tasks``):
+        another consumer of that queue takes them at once. The queue is the
+        one the message came from, which for a retired shard's timers is not
+        their home shard's (``sharding.recovery`` feeds them to live queues).
+        Args:
+            queue_index: the shard whose queue the message was taken from.
+            timer_ids: 1 to ``queues.MAX_TIMERS_PER_MESSAGE`` ids (part of that message).
+        """
+        queue = self.shard(queue_index)
+        # Huey takes messages from the right end (BRPOP); feeds push on the left.
+        queue.redis.rpush(queue.queue_key, queues.message_for(timer_ids))
+
     def _one_shard(self, timer_ids):
         shard = self._home(timer_ids[0])
         if any(home_shard(timer_id) != shard.index for timer_id in timer_ids):

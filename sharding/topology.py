@@ -96,6 +96,32 @@ class SingleServer:
         return self._ready.ping()
 
 
+class _Connecting:
+    """A ``RedisCluster`` client made at its first use, standing in for it until then.
+
+    redis-py reads the slot map when a cluster client is made, so one made at
+    start-up fails while the cluster does not answer yet; this one is made by
+    the first command (and made again by the next one if that fails), so every
+    process may build its clients before the cluster is up.
+
+    Args:
+        make: callable returning the client.
+    Raises (on attribute access): REDIS_ERRORS when no node answers.
+    """
+
+    def __init__(self, make):
+        self._make = make
+        self._client = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+        return getattr(self._client, name)
+
+
 class ClusterStorage(RedisStorage):
     """Huey's ``RedisStorage`` on a ``redis.cluster.RedisCluster`` client.
 
@@ -126,26 +152,9 @@ class Cluster:
 
     def __init__(self, url):
         self.url = url
-        self._client = None
-        self._connect_lock = threading.Lock()
+        self.control = _Connecting(lambda: redis.cluster.RedisCluster.from_url(url, **_TIMEOUTS))
         self._tags = {}
         self._ready = None
-
-    @property
-    def control(self):
-        """The ``RedisCluster`` client, connected on first use.
-
-        redis-py reads the slot map when the client is made, so a process that
-        starts before the cluster answers makes it again on its next call
-        instead of exiting.
-        Raises:
-            REDIS_ERRORS: no node answered.
-        """
-        if self._client is None:
-            with self._connect_lock:
-                if self._client is None:
-                    self._client = redis.cluster.RedisCluster.from_url(self.url, **_TIMEOUTS)
-        return self._client
 
     def shard_client(self, index):
         """The shared cluster client (it routes each command by its key's slot)."""

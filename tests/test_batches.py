@@ -32,7 +32,9 @@ def test_a_hanging_receiver_does_not_hold_up_the_rest_of_its_batch(make_service,
 
 def test_a_batch_waiting_longer_than_a_lease_keeps_its_leases(make_service, receiver):
     # Lease 2 s + 5 s; one sender thread sends 10 answers of 1 s one after the other (10 s).
-    # Without renewal the coordinator (every 1 s) takes the last ones back after 7 s: "retrying".
+    # Claimed all at once, the last ones would outlive their leases unless renewed; the
+    # consumer claims each only when its sender is free (given back meanwhile, "scheduled"),
+    # so no lease ends early and the coordinator (every 1 s) never makes one "retrying".
     service = make_service(env={"TIMER_SHARDS": "1", "TIMER_WORKERS_PER_SHARD": "1",
                                 "TIMER_CONSUMER_THREADS": "1", "TIMER_WEBHOOK_TIMEOUT_SECONDS": "2"}
                            ).start("api", "coordinator")

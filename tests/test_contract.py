@@ -31,7 +31,8 @@ MAX_EXAMPLES = 25
 # schemathesis leaves out the operation that serves the schema it loaded (GET /openapi.json).
 EXPECTED_OPERATIONS = ["POST /timers", "GET /timers", "GET /timers/{id}", "PATCH /timers/{id}",
                        "DELETE /timers/{id}", "POST /timers/{id}/run", "POST /timers/run",
-                       "GET /shards", "GET /healthz", "GET /readyz", "GET /metrics", "GET /docs"]
+                       "GET /shards", "GET /healthz", "HEAD /healthz", "GET /readyz", "GET /metrics",
+                       "GET /docs", "GET /dashboard"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 

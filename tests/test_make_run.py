@@ -233,6 +233,9 @@ def test_a_second_run_on_the_same_data_dir_refuses_to_start(run_dir, tmp_path, r
         log.close()
         second.process.wait(30)  # honcho stops the stack when its redis process exits
         assert "TIMER_DATA_DIR is in use by another service" in second.log()
+        # Nothing of the second run touched the first one's Redis.
+        assert "recovery pass" not in second.log()
+        assert "consumer started" not in second.log()
         # The first run is untouched: its Redis still answers and timers still fire.
         first.consumers_ready()
         timer = first.create(f"{receiver.url}/first", seconds=0)
@@ -252,3 +255,44 @@ def test_honcho_dying_stops_every_process(run_dir, tmp_path):
     run.process.wait(10)
     wait_until(lambda: run_processes(run_dir) == [], timeout=15,
                message="every process of the run to stop")
+
+
+@pytest.mark.parametrize("command", [
+    [os.path.join(BIN, "python"), "-m", "sharding.coordinator"],
+    [os.path.join(BIN, "python"), "-m", "workers.pool"],
+    [os.path.join(BIN, "gunicorn"), "-c", "api/gunicorn_conf.py", "api.app:create_app()"],
+], ids=["coordinator", "workers", "api"])
+def test_a_process_of_another_stack_refuses_a_busy_data_dir_before_it_touches_redis(
+        run_dir, tmp_path, command):
+    first = Honcho(run_dir, str(tmp_path / "first.log")).start()
+    try:
+        first.consumers_ready()
+        redis_pid = int(open(os.path.join(run_dir, "redis.pid")).read())
+        before = requests.get(f"{first.url}/readyz", timeout=5).status_code
+        env = dict(first.env, PORT=str(free_port()))
+        # Started by this test, not by the first run's honcho: another stack.
+        other = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        output = other.stdout + other.stderr
+        assert other.returncode != 0, output
+        assert "TIMER_DATA_DIR is in use by another service" in output
+        for touched in ("recovery pass", "consumer started", "Booting worker"):
+            assert touched not in output, output
+        assert psutil.pid_exists(redis_pid)
+        assert before == requests.get(f"{first.url}/readyz", timeout=5).status_code == 200
+    finally:
+        first.interrupt()
+
+
+def test_kill_9_of_honcho_stops_every_process_of_the_stack(run_dir, tmp_path, figures):
+    # honcho's process runners ignore SIGTERM and outlive a killed honcho: each
+    # process must stop by itself when the stack's supervisor (honcho) is gone.
+    run = Honcho(run_dir, str(tmp_path / "honcho.log")).start()
+    run.consumers_ready()
+    before = len(run_processes(run_dir))
+    killed = time.monotonic()
+    run.process.kill()
+    run.process.wait()
+    wait_until(lambda: run_processes(run_dir) == [], timeout=20,
+               message=f"every process of the run to stop: {run_processes(run_dir)}")
+    took = time.monotonic() - killed
+    figures.append(f"kill -9 of honcho: all {before} processes of the stack gone {took:.1f} s later")

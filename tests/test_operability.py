@@ -459,8 +459,8 @@ def test_openapi_document_is_valid_3_1(make_service):
     assert {path: sorted(ops) for path, ops in document["paths"].items()} == {
         "/timers": ["get", "post"], "/timers/{id}": ["delete", "get", "patch"], "/timers/{id}/run": ["post"],
         "/timers/run": ["post"], "/shards": ["get"],
-        "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
-        "/docs": ["get"]}
+        "/healthz": ["get", "head"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
+        "/docs": ["get"], "/dashboard": ["get"]}
 
 
 def test_docs_page_is_served_without_external_urls(make_service):

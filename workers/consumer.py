@@ -4,8 +4,9 @@ Run: ``python -m workers.consumer <shard index>``. The pool supervisor
 (``workers.pool``) starts ``TIMER_WORKERS_PER_SHARD`` of these per shard.
 
 Each consumer runs ``TIMER_CONSUMER_THREADS`` Huey worker threads and as
-many webhook sender threads (``workers.tasks``; webhooks are I/O-bound)
-and, in place of Huey's scheduler, a feeder that every
+many webhook sender threads (``workers.tasks``; webhooks are I/O-bound; a
+Huey worker thread takes a message only while a sender is free) and, in
+place of Huey's scheduler, a feeder that every
 ``TIMER_SCHEDULER_TICK_SECONDS`` (default 0.1 s; Huey's scheduler ticks once a
 second at most) moves the shard's due timers from the timer store's due index
 onto its Huey queue. Several feeders on one shard are safe: taking due timers
@@ -20,7 +21,7 @@ import logging
 import sys
 import time
 
-from huey.consumer import BaseProcess, Consumer
+from huey.consumer import BaseProcess, Consumer, Worker
 
 from sharding import config, logs
 from sharding.store import FEED_BATCH
@@ -68,12 +69,39 @@ class Feeder(BaseProcess):
         self.sleep_for_interval(begun, self.tick_s)
 
 
-class TimerConsumer(Consumer):
-    """Huey ``Consumer`` whose scheduler process is a :class:`Feeder`."""
+class SenderWorker(Worker):
+    """Huey worker thread that takes a message off the queue only while a sender is free.
 
-    def __init__(self, huey, feeder_options, **options):
+    A consumer whose senders are all busy (slow receivers) so leaves the
+    shard's messages to the other consumers of its pool.
+    """
+
+    process_name = "Worker"
+
+    def __init__(self, huey, stop_flag, senders, **options):
+        super().__init__(huey, stop_flag, **options)
+        self.senders = senders
+
+    def loop(self, now=None):
+        """Huey's loop (take a message, run it) once a sender is free; else return within 1 s."""
+        if self.senders.wait_free(1.0):
+            super().loop(now)
+
+
+class TimerConsumer(Consumer):
+    """Huey ``Consumer`` whose scheduler process is a :class:`Feeder` and whose
+    worker threads are :class:`SenderWorker` s sharing ``senders``."""
+
+    def __init__(self, huey, feeder_options, senders, **options):
         self.feeder_options = feeder_options
+        self.senders = senders
         super().__init__(huey, **options)
+
+    def _create_worker(self):
+        # Huey documents overriding _create_worker and _create_scheduler.
+        return SenderWorker(huey=self.huey, stop_flag=self.stop_flag, senders=self.senders,
+                            default_delay=self.default_delay, max_delay=self.max_delay,
+                            backoff=self.backoff, max_tasks=self.max_tasks)
 
     def _create_scheduler(self):
         # Huey documents overriding _create_scheduler for custom schedulers.
@@ -109,9 +137,11 @@ def main(argv=None):
     shard = _open_shard(store, index)
     sender = Sender(settings.webhook_timeout_seconds, settings.webhook_deny_networks,
                     settings.webhook_secrets)
-    tasks.register(shard.huey, store, sender, settings)
+    senders = tasks.Senders(settings.consumer_threads)
+    tasks.register(shard.huey, store, sender, settings, senders, index)
     consumer = TimerConsumer(
         shard.huey,
+        senders=senders,
         feeder_options={"store": store, "index": index, "tick_s": settings.scheduler_tick_seconds,
                         "visibility_ms": int(settings.visibility_seconds * 1000),
                         "spread": settings.workers_per_shard},

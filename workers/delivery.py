@@ -25,11 +25,13 @@ import time
 import urllib.parse
 
 import requests
+import urllib3
 from standardwebhooks.webhooks import Webhook
 
 from sharding import config
 from sharding.config import SERVICE_NAME, VERSION
 from sharding.store import RETRY_FLOOR_MS
+from workers.deadline import Watchdog
 from workers.ssrf import DeniedDestination, guarded_adapter
 
 USER_AGENT = f"{SERVICE_NAME}/{VERSION}"
@@ -211,7 +213,9 @@ class Sender:
     """Sends webhook attempts; one ``requests.Session`` per thread (connection reuse).
 
     Args:
-        timeout_s: per-attempt timeout in seconds (connect and read).
+        timeout_s: wall-clock deadline of one attempt in seconds: connect,
+            sending the request, the response headers and the bounded body
+            read (``workers.deadline``); an attempt cut off is a ``timeout``.
         deny: ``ipaddress`` networks webhooks may never reach (checked on the
             resolved address at connect time, see ``workers.ssrf``).
         secrets: Standard Webhooks secrets (``whsec_...``); with any, every
@@ -223,6 +227,7 @@ class Sender:
         self.deny = list(deny)
         self.signers = [Webhook(secret) for secret in secrets]
         self._local = threading.local()
+        self.watchdog = Watchdog()
 
     def _session(self):
         session = getattr(self._local, "session", None)
@@ -259,6 +264,13 @@ class Sender:
         headers.update({"webhook-id": msg_id, "webhook-timestamp": str(timestamp)})
         if self.signers:
             headers["webhook-signature"] = signature_header(self.signers, msg_id, timestamp, body)
+        with self.watchdog.attempt(self.timeout_s) as attempt:
+            outcome = self._post(base_url, timer_id, headers, body)
+        # Cut off at the deadline: whatever was read by then does not count.
+        return Outcome("retry", "timeout") if attempt.expired else outcome
+
+    def _post(self, base_url, timer_id, headers, body):
+        """One POST of ``body`` (text) with ``headers``, classified; see :meth:`send`."""
         try:
             # Prepared and sent as requests' "Prepared Requests" documents: no
             # per-call merging of session headers, cookies, auth and environment
@@ -274,7 +286,8 @@ class Sender:
         except (requests.exceptions.InvalidURL, UnicodeError) as exc:
             # UnicodeError: a host name IDNA cannot encode (an empty or too long label).
             return Outcome("fail", f"invalid url: {exc}")
-        except requests.exceptions.RequestException as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+            # urllib3's errors come from the body read (a receiver that stops mid-body).
             return Outcome("retry", _describe(exc))
 
 

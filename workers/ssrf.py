@@ -8,7 +8,8 @@ not possible. TLS still verifies the certificate (and sends SNI) for the
 URL's host name.
 
 Works by giving requests a transport adapter whose urllib3 connections set
-the address to dial (urllib3's ``_dns_host``) to the checked one.
+the address to dial (urllib3's ``_dns_host``) to the checked one. The same
+connections hand their socket to the attempt's deadline (``workers.deadline``).
 """
 
 import ipaddress
@@ -17,6 +18,8 @@ import socket
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from workers import deadline
 
 
 class DeniedDestination(Exception):
@@ -55,7 +58,17 @@ class _Guarded:
     def _new_conn(self):
         # Dial the checked address; self.host stays the name (Host header, SNI, cert check).
         self._dns_host = resolve_checked(self.host, self.port, self.deny)
-        return super()._new_conn()
+        sock = super()._new_conn()
+        # The attempt's deadline can cut this socket from now on; a TLS socket
+        # replaces it once its handshake is done (bounded per operation by the
+        # connect timeout), and request() hands that one over.
+        deadline.watch(sock)
+        return sock
+
+    def request(self, *args, **kwargs):
+        # A reused keep-alive connection: its socket serves this attempt now.
+        deadline.watch(self.sock)
+        return super().request(*args, **kwargs)
 
 
 def guarded_adapter(deny):

@@ -6,17 +6,22 @@ atomic, so two consumers never send the same attempt, and a message that
 arrives for a timer already fired, failed or cancelled does nothing.
 
 A message holds one timer or, when many are due at once, a batch of one
-shard's timers (``sharding.queues``): they are claimed in one script, sent
-in parallel by the consumer's sender threads (so a slow receiver holds up
-only its own webhook), and their outcomes recorded as the sends complete, in
-one script every :data:`FLUSH_S` seconds at most, so that a delivered timer
-soon reads ``fired``. Each claimed timer holds a lease of one attempt
-(webhook timeout + 5 s), renewed every third of it while its send waits or
-runs: if the consumer dies, recovery takes its timers back within a lease.
+shard's timers (``sharding.queues``). A consumer claims only as many of
+them as it has free sender threads (:class:`Senders`): a Huey worker
+thread takes a message only while a sender is free, reserves one sender per
+timer it claims, and puts the rest back at the head of the shard's queue for
+another consumer; so no claimed timer waits for a sender, and a receiver
+that hangs or drips holds up its own timers only. The claimed timers are
+sent in parallel, their outcomes recorded as the sends complete, in one
+script every :data:`FLUSH_S` seconds at most, so that a delivered timer soon
+reads ``fired``. Each claimed timer holds a lease of one attempt (webhook
+timeout + 5 s), renewed every third of it while its send runs: if the
+consumer dies, recovery takes its timers back within a lease.
 """
 
 import concurrent.futures
 import logging
+import threading
 import time
 from typing import NamedTuple
 
@@ -27,6 +32,9 @@ from workers.delivery import Outcome, backoff_s
 log = logging.getLogger("workers.tasks")
 
 FLUSH_S = 0.5
+# How long a Huey worker thread holding a message waits for a sender to free
+# up before it gives the whole message back to the queue.
+GIVE_BACK_S = 0.1
 # timer_webhook_attempts_total{outcome}: by what follows the attempt, so that
 # a last attempt that failed counts as "fail" even if its error was retryable.
 _ATTEMPT_LABEL = {"fired": "ok", "retrying": "retry", "failed": "fail"}
@@ -41,9 +49,64 @@ class Sent(NamedTuple):
     late_s: float
 
 
-def fire_timers(timer_ids, store, sender, settings, senders):
-    """Run one delivery attempt of each of ``timer_ids`` that is due and unclaimed.
+class Senders:
+    """A consumer's webhook sender threads, and a count of the free ones.
 
+    Args:
+        count: sender threads (``TIMER_CONSUMER_THREADS``).
+    """
+
+    def __init__(self, count):
+        self._executor = concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="sender")
+        self._free = count
+        self._cond = threading.Condition()
+
+    def wait_free(self, timeout_s):
+        """True as soon as a sender is free; False after ``timeout_s`` seconds without one."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._free > 0, timeout_s)
+
+    def take(self, wanted, timeout_s):
+        """Reserve up to ``wanted`` free senders, waiting at most ``timeout_s`` seconds for one.
+
+        Returns:
+            how many were reserved (0 when none freed up in time).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free > 0, timeout_s):
+                return 0
+            taken = min(wanted, self._free)
+            self._free -= taken
+            return taken
+
+    def release(self, count=1):
+        """Give back ``count`` reserved senders."""
+        if count:
+            with self._cond:
+                self._free += count
+                self._cond.notify_all()
+
+    def submit(self, fn, *args):
+        """Run ``fn(*args)`` on a reserved sender, which is freed when it returns.
+
+        Returns:
+            ``concurrent.futures.Future``.
+        """
+        return self._executor.submit(self._run, fn, args)
+
+    def _run(self, fn, args):
+        try:
+            return fn(*args)
+        finally:
+            self.release()
+
+
+def fire_timers(timer_ids, store, sender, settings, senders, queue_index):
+    """Run one delivery attempt of each of ``timer_ids`` that is due and unclaimed, as senders allow.
+
+    The first as many timers as there are free senders (waiting at most
+    :data:`GIVE_BACK_S` for one) are claimed and sent at once; the others go
+    back to the head of the queue they came from, unclaimed (``TimerStore.give_back``).
     A retry goes back into the due index (by :meth:`TimerStore.finish`); a
     message for a timer that is not yet due (a stale duplicate) is dropped,
     since the due index feeds the timer again when it is due.
@@ -53,21 +116,31 @@ def fire_timers(timer_ids, store, sender, settings, senders):
         store: ``sharding.store.TimerStore``.
         sender: ``workers.delivery.Sender``.
         settings: ``sharding.config.Settings``.
-        senders: ``concurrent.futures.Executor`` whose threads send the webhooks.
+        senders: the consumer's :class:`Senders`.
+        queue_index: the shard whose queue the message came from.
     Returns:
         list with, per timer, the status it was left in (``fired``,
-        ``retrying``, ``failed``) or the reason nothing was sent (``early``,
-        ``fired``, ``missing`` ...).
+        ``retrying``, ``failed``), ``given back``, or the reason nothing was
+        sent (``early``, ``fired``, ``missing`` ...).
     Raises:
         redis.exceptions.RedisError: Redis unreachable; recovery redelivers.
     """
-    claims = store.claim(timer_ids, settings.lease_ms)
+    taken = senders.take(len(timer_ids), GIVE_BACK_S)
+    statuses = dict.fromkeys(timer_ids[taken:], "given back")
+    try:
+        if statuses:
+            store.give_back(queue_index, timer_ids[taken:])
+        claims = store.claim(timer_ids[:taken], settings.lease_ms) if taken else []
+    except BaseException:
+        senders.release(taken)
+        raise
     claimed_at = time.monotonic()
-    statuses, sends = {}, {}
+    sends = {}
     for claim in claims:
         if claim.status == "firing":
             sends[senders.submit(_attempt, claim, claimed_at, sender, settings)] = claim
         else:
+            senders.release()
             log.info("timer not claimable", extra={"timer_id": claim.timer_id, "status": claim.status})
             statuses[claim.timer_id] = claim.status
     pending, flushed_at, renewed_at = [], claimed_at, claimed_at
@@ -84,8 +157,8 @@ def fire_timers(timer_ids, store, sender, settings, senders):
                 _record(store, settings.retry_limits, pending, statuses)
                 pending, flushed_at = [], now
             if sends and now - renewed_at >= renew_s:
-                # Sends waiting behind slow receivers keep their leases; a
-                # killed consumer stops renewing and recovery takes them back.
+                # Sends to slow receivers keep their leases; a killed
+                # consumer stops renewing and recovery takes them back.
                 store.renew(list(sends.values()), settings.lease_ms)
                 renewed_at = now
     finally:
@@ -150,16 +223,15 @@ def _record(store, limits, pending, statuses):
             logs.request_id.reset(token)
 
 
-def register(huey, store, sender, settings):
-    """Register the ``fire`` task on ``huey`` (one shard's Huey) and bind its messages to it.
+def register(huey, store, sender, settings, senders, index):
+    """Register the ``fire`` task on ``huey`` (shard ``index``'s Huey) and bind its messages to it.
 
-    The consumer's webhooks are sent by ``TIMER_CONSUMER_THREADS`` sender
-    threads, shared by its Huey worker threads.
+    The consumer's webhooks are sent by ``senders`` (:class:`Senders`),
+    shared by its Huey worker threads.
     """
-    senders = concurrent.futures.ThreadPoolExecutor(settings.consumer_threads, thread_name_prefix="sender")
 
     def fire(timer_ids):
-        return fire_timers(timer_ids, store, sender, settings, senders)
+        return fire_timers(timer_ids, store, sender, settings, senders, index)
 
     task = huey.task(name="fire")(fire)
     huey.serializer.bind(task)
