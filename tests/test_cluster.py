@@ -88,6 +88,8 @@ def test_bad_input_unknown_ids_and_cancel_on_a_cluster(on_cluster, receiver):
     shards = requests.get(f"{on_cluster.url}/shards", timeout=10).json()["shards"]
     assert [s["index"] for s in shards] == list(range(SHARDS))
     assert requests.get(f"{on_cluster.url}/readyz", timeout=10).status_code == 200
+    assert requests.get(f"{on_cluster.url}/dashboard", timeout=10).status_code == 200
+    assert "timer_shard_depth" in requests.get(f"{on_cluster.url}/metrics", timeout=10).text
 
 
 def test_fire_at_payload_retry_patch_run_and_re_drive_on_a_cluster(on_cluster, receiver):
