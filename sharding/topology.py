@@ -142,7 +142,7 @@ class Cluster:
 
     One ``RedisCluster`` client serves the control keys and every shard; it
     keeps a connection pool per node and follows ``MOVED``/``ASK``/``TRYAGAIN``
-    itself.
+    itself. It is made at its first command (:class:`_Connecting`).
 
     Args:
         url: ``redis://`` or ``rediss://`` URL of any node (user and password allowed).
@@ -203,8 +203,10 @@ class Cluster:
 
     def _least_loaded_tag(self, index, load):
         fewest = min(load.values())
-        candidates = [queues.storage_name(index)] + [f"{{t{index}.{k}}}" for k in range(1, _TAG_CANDIDATES)]
-        return next((tag for tag in candidates if load[self.master_of(tag)] == fewest), candidates[0])
+        candidates = (f"{{t{index}.{k}}}" if k else queues.storage_name(index)
+                      for k in range(_TAG_CANDIDATES))
+        return next((tag for tag in candidates if load[self.master_of(tag)] == fewest),
+                    queues.storage_name(index))
 
     def master_of(self, key):
         """Name (``host:port``) of the master serving ``key``'s slot, from the cached slot map."""
@@ -223,7 +225,8 @@ class Cluster:
         tries again; the last error propagates. A connection error re-reads
         the slot map and propagates at once.
         """
-        for attempt in range(_REDIRECT_RETRIES + 1):
+        attempt = 0
+        while True:
             node = self.control.get_node_from_key(key)
             try:
                 return work(self.control.get_redis_connection(node))
@@ -233,12 +236,12 @@ class Cluster:
                     raise
                 self._reload_slots()
                 time.sleep(0.05 * 2 ** attempt)
+                attempt += 1
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 # The write may have run: never resent (a create would make a second
                 # timer). The next request finds the promoted replica.
                 self._reload_slots()
                 raise
-        raise AssertionError("unreachable")
 
     def _reload_slots(self):
         try:
