@@ -107,10 +107,15 @@ def test_redrive_page_says_when_more_may_remain():
     assert "Stopped after examining 5000 failed timers (the bound of one request): more may remain." in page
     assert '<input type="hidden" name="cursor" value="abc">' in page
     assert 'name="confirm"' not in page
+    assert ">Run again</button>" in page
     count = _redrive_page(confirmed=False, matched=1, cursor="xyz")
     assert "1 failed timer with host a.test would be re-driven" in count
     assert '<input type="hidden" name="cursor" value="xyz">' in count
     assert '<input type="hidden" name="confirm" value="yes">' in count
+    assert "more may remain" not in count
+    more = _redrive_page(confirmed=False, next_cursor="abc")
+    assert "Counted in the first 5000 failed timers (the bound of one request): more may remain." in more
+    assert ">Count the next ones</button>" in more
 
 
 def _client(sessions):
