@@ -4,8 +4,11 @@ Server-rendered pages (Jinja2 templates in ``api/templates/``, autoescaped:
 every value is shown as text) over the same store code as the API: shard
 depths (``resources.shard_depths``), listing by status with the API's cursors
 (``TimerStore.list``), one timer (``TimerStore.get`` and
-``resources.timer_view``, so every field of the API's view is shown) and
-cancel (``TimerStore.cancel``). Rates and the lateness histogram come from
+``resources.timer_view``, so every field of the API's view is shown), and
+the actions of the API: cancel (``TimerStore.cancel``, as
+``DELETE /timers/<id>``), run now and re-drive one (``TimerStore.run_now``,
+as ``POST /timers/<id>/run``) and re-drive all failed
+(``resources.redrive_failed``, as ``POST /timers/run``). Rates and the lateness histogram come from
 this host's Prometheus metrics (``sharding.metrics.host_samples``).
 
 The page script ``api/static/dashboard.js`` (the project's own; no CDN, no
@@ -41,15 +44,24 @@ import os
 import secrets
 import threading
 import time
-import urllib.parse
 
 import falcon
 import itsdangerous
 import jinja2
 
 from api.auth import client_scope, matches_any
-from api.resources import decode_cursor, encode_cursor, rfc3339_ms, shard_depths, timer_view
-from api.validation import FieldError, TimerIdConverter
+from api.resources import (
+    CANCEL_REFUSED,
+    RUN_MAX_EXAMINED,
+    RUN_REFUSED,
+    decode_cursor,
+    encode_cursor,
+    redrive_failed,
+    rfc3339_ms,
+    shard_depths,
+    timer_view,
+)
+from api.validation import FieldError, TimerIdConverter, normalize_host, url_host
 from sharding import metrics
 from sharding.config import SERVICE_NAME, VERSION
 from sharding.store import STATUSES, home_shard, now_ms
@@ -73,7 +85,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 # What a successful action's redirect says on the page (?done=<key>).
-DONE = {"cancel": "Timer cancelled.", "run": "Timer is due now.", "signed-out": "Signed out."}
+DONE = {"cancel": "Timer cancelled.", "run": "Timer is due now.",
+        "redrive": "Timer re-driven: due now with a fresh attempt budget.", "signed-out": "Signed out."}
 _TIMER_ID = TimerIdConverter()
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,8 +109,7 @@ class DashboardError(Exception):
         self.status, self.title, self.description = status, title, description
 
 
-_PAGE_DEFAULTS = {"csrf": "", "signed_in": False, "actions": False, "can_run": False,
-                  "can_redrive": False, "flash": ""}
+_PAGE_DEFAULTS = {"csrf": "", "signed_in": False, "actions": False, "flash": ""}
 
 
 def render(resp, template, http_status=200, **context):
@@ -113,14 +125,6 @@ def form_field(req, name):
     """The text of field ``name`` of the POSTed form ('' when absent or given twice)."""
     value = req.context.form.get(name)
     return value.strip() if isinstance(value, str) else ""
-
-
-def host_of(url):
-    """The lower-case host of ``url`` (without port or user), '' when it has none."""
-    try:
-        return (urllib.parse.urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""
 
 
 class Sessions:
@@ -297,9 +301,7 @@ class Page:
         done = req.get_param("done")
         context.setdefault("flash", DONE.get(done, ""))
         render(resp, template, http_status, csrf=session["k"] if session else "",
-               signed_in=bool(session and session.get("c")), actions=self.actions,
-               can_run=callable(getattr(self.store, "run", None)),
-               can_redrive=callable(getattr(self.store, "redrive", None)), **context)
+               signed_in=bool(session and session.get("c")), actions=self.actions, **context)
 
     def indexes(self):
         """Every shard that may hold timers (as ``GET /timers`` lists them)."""
@@ -346,7 +348,7 @@ class TimerList(Page):
         status = req.get_param("status") or "scheduled"
         if status not in STATUSES:
             raise DashboardError(400, "Unknown status", "status must be one of: " + ", ".join(STATUSES))
-        host = (req.get_param("host") or "").strip().lower()
+        host = normalize_host((req.get_param("host") or "").strip())
         cursor = req.get_param("cursor")
         try:
             position = decode_cursor(cursor, status) if cursor else None
@@ -357,7 +359,7 @@ class TimerList(Page):
         for _ in range(FILTER_SCAN_PAGES if host else 1):
             page, position = self.store.list(status, indexes, PAGE, position)
             scanned += len(page)
-            items += [item for item in page if not host or host_of(item[1]["url"]) == host]
+            items += [item for item in page if not host or url_host(item[1]["url"]) == host]
             if position is None or len(items) >= PAGE:
                 break
         now = now_ms(self.store.control)
@@ -401,63 +403,61 @@ class Cancel(Page):
         was = self.store.cancel(timer_id)
         if was == "missing":
             raise DashboardError(404, "Timer not found", f"No timer with id {timer_id}.")
-        if was not in (*PENDING, "cancelled"):
+        if was in CANCEL_REFUSED:
             raise DashboardError(409, "Too late",
                                  f"Timer {timer_id} is already {was}; it cannot be cancelled.")
         log.info("timer cancelled", extra={"timer_id": timer_id, "was": was, "via": "dashboard"})
         raise falcon.HTTPSeeOther(f"{PREFIX}/timers/{timer_id}?done=cancel")
 
 
-def _waiting_for_issue_12(action, method):
-    return DashboardError(501, "Not available yet",
-                          f"{action} calls TimerStore.{method}, which the delivery-policy change "
-                          "(issue 12) adds; this build does not have it.")
-
-
 class Run(Page):
     """``POST /dashboard/timers/<id>/run``: run now (pending) or re-drive one (failed).
 
-    Calls ``TimerStore.run(timer_id)`` from issue 12, expected to answer like
-    ``cancel``: the status the timer had, or ``missing``. Until that method
-    exists the action answers 501 and says so.
+    ``TimerStore.run_now``, refused as ``POST /timers/<id>/run`` refuses
+    (``resources.RUN_REFUSED``).
     """
 
     def on_post(self, req, resp, timer_id):
-        """303 to the timer's page; 404 unknown, 409 firing, fired or cancelled; 501 without issue 12."""
-        run = getattr(self.store, "run", None)
-        if run is None:
-            raise _waiting_for_issue_12("Run now", "run")
-        was = run(timer_id)
+        """303 to the timer's page; 404 unknown, 409 once firing, fired or cancelled."""
+        was, _, _ = self.store.run_now(timer_id)
         if was == "missing":
             raise DashboardError(404, "Timer not found", f"No timer with id {timer_id}.")
-        if was not in (*PENDING, "failed"):
-            raise DashboardError(409, "Cannot run", f"Timer {timer_id} is {was}; only pending and failed "
-                                                     "timers can be run.")
+        if was in RUN_REFUSED:
+            raise DashboardError(409, "Cannot run", f"Timer {timer_id} is already {was}; it cannot be run.")
         log.info("timer run now", extra={"timer_id": timer_id, "was": was, "via": "dashboard"})
-        raise falcon.HTTPSeeOther(f"{PREFIX}/timers/{timer_id}?done=run")
+        done = "redrive" if was == "failed" else "run"
+        raise falcon.HTTPSeeOther(f"{PREFIX}/timers/{timer_id}?done={done}")
 
 
 class Redrive(Page):
     """``POST /dashboard/redrive``: re-drive every failed timer (optionally of one host).
 
-    Without ``confirm=yes`` it only counts (a dry run) and shows the count
-    with a confirmation form. Calls ``TimerStore.redrive(host=, dry_run=)``
-    from issue 12, expected to return ``{"matched": n, "run": n}`` as
-    ``POST /timers/run`` does; until that method exists the action answers
-    501 and says so.
+    Form fields: ``host`` (optional), ``cursor`` (where a previous request
+    stopped, optional) and ``confirm``. Without ``confirm=yes`` it only
+    counts (``resources.redrive_failed`` as a dry run) and shows the count
+    with a confirmation form; with it, it re-drives. Either stops after
+    :data:`resources.RUN_MAX_EXAMINED` failed timers examined, as
+    ``POST /timers/run`` does; the page then says more may remain and offers
+    to go on from there (counting first again).
     """
 
     def on_post(self, req, resp):
-        """The confirmation page (dry run) or the result page; 501 without issue 12."""
-        redrive = getattr(self.store, "redrive", None)
-        if redrive is None:
-            raise _waiting_for_issue_12("Re-drive", "redrive")
-        host = form_field(req, "host").lower() or None
+        """The count and confirmation page, or the result page; 400 page for a bad cursor."""
+        host = normalize_host(form_field(req, "host")) or None
+        cursor = form_field(req, "cursor")
+        try:
+            position = decode_cursor(cursor, "failed") if cursor else None
+        except FieldError as exc:
+            raise DashboardError(400, "Bad cursor", exc.description) from None
         confirmed = form_field(req, "confirm") == "yes"
-        counts = redrive(host=host, dry_run=not confirmed)
+        matched, run, position = redrive_failed(self.store, self.indexes(), host, dry_run=not confirmed,
+                                                position=position)
         log.info("failed timers re-driven" if confirmed else "re-drive counted",
-                 extra={"host": host, **counts, "via": "dashboard"})
-        self.page(req, resp, "redrive.html", host=host or "", counts=counts, confirmed=confirmed)
+                 extra={"host": host, "matched": matched, "run": run, "via": "dashboard"})
+        self.page(req, resp, "redrive.html", host=host or "", matched=matched, run=run,
+                  confirmed=confirmed, cursor=cursor,
+                  next_cursor=encode_cursor("failed", position) if position else "",
+                  bound=RUN_MAX_EXAMINED)
 
 
 class SignIn(Page):

@@ -212,7 +212,7 @@ def document():
                                "once, re-drives each timer once.",
                 "requestBody": {"required": True, "content": _json(
                     {"$ref": "#/components/schemas/TimerRun"},
-                    {"status": "failed", "host": "example.com", "since": "2026-11-29T00:00:00Z",
+                    {"status": "failed", "host": "127.0.0.1", "since": "2026-11-29T00:00:00Z",
                      "dry_run": True})},
                 "responses": {
                     "200": {"description": "How many matched and how many this request re-drove.",

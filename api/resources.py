@@ -28,6 +28,10 @@ REDACTED = "<redacted>"
 # POST /timers/run: failed timers looked at per request (in pages), so one request's work is bounded.
 RUN_PAGE = 500
 RUN_MAX_EXAMINED = 5000
+# The statuses in which a timer refuses an action (409), as the API answers them.
+CANCEL_REFUSED = ("firing", "fired", "failed")
+RUN_REFUSED = ("firing", "fired", "cancelled")
+
 
 def _no_duplicate_keys(pairs):
     keys = [key for key, _ in pairs]
@@ -368,7 +372,7 @@ class TimerItem:
     def on_delete(self, req, resp, timer_id):
         """204 when cancelled (or already), 409 once firing, fired or failed, 404 when unknown."""
         status = self.store.cancel(timer_id)
-        self._refuse(timer_id, status, ("firing", "fired", "failed"), "Timer cannot be cancelled")
+        self._refuse(timer_id, status, CANCEL_REFUSED, "Timer cannot be cancelled")
         log.info("timer cancelled", extra={"timer_id": timer_id, "was": status})
         resp.status = falcon.HTTP_204
 
@@ -376,21 +380,56 @@ class TimerItem:
         """202 with the timer, now due (a failed one re-driven); 409 once firing, fired or
         cancelled; 404 when unknown (``shared/CONTRACT.md`` section 4)."""
         status, record, now = self.store.run_now(timer_id)
-        self._refuse(timer_id, status, ("firing", "fired", "cancelled"), "Timer cannot be run")
+        self._refuse(timer_id, status, RUN_REFUSED, "Timer cannot be run")
         log.info("timer run now", extra={"timer_id": timer_id, "was": status})
         resp.status = falcon.HTTP_202
         resp.media = timer_view(timer_id, record, now)
 
 
+def redrive_failed(store, indexes, host=None, since=None, dry_run=False, position=None):
+    """Re-drive (or only count) failed timers, with bounded work: ``POST /timers/run``'s loop.
+
+    Pages through the shards' failed-timer indexes (by finish time) as
+    ``GET /timers?status=failed`` does, never a scan, :data:`RUN_PAGE` at a
+    time, and stops once :data:`RUN_MAX_EXAMINED` timers were looked at.
+    Each re-drive is one ``TimerStore.run(ids, failed_only=True)`` script per
+    shard and page, which re-drives only timers still failed, so repeating
+    a call, or two API hosts calling at once, re-drives each timer once.
+
+    Args:
+        store: the ``TimerStore``.
+        indexes: shard indexes to read (``TimerStore.known_shards``).
+        host: keep only timers whose URL has this host (lower-case, as
+            ``api.validation.url_host`` gives it), or None for all.
+        since: epoch ms; only timers that finished at or after it (None: all).
+        dry_run: count only, change nothing.
+        position: (score, id text) to go on after (a decoded cursor), or None
+            to start at ``since``.
+    Returns:
+        (matched, run, next position or None when every failed timer was
+        examined); ``run`` is 0 on a dry run.
+    """
+    if position is None:
+        position = (since if since is not None else float("-inf"), "")
+    matched = run = examined = 0
+    while position is not None and examined < RUN_MAX_EXAMINED:
+        items, position = store.list("failed", indexes, RUN_PAGE, position)
+        examined += len(items)
+        ids = [timer_id for timer_id, record in items if host is None or url_host(record["url"]) == host]
+        matched += len(ids)
+        if not dry_run:
+            by_shard = {}
+            for timer_id in ids:
+                by_shard.setdefault(home_shard(timer_id), []).append(timer_id)
+            run += sum(store.run(same, failed_only=True).count("failed") for same in by_shard.values())
+    return matched, run, position
+
+
 class TimerRun:
     """``POST /timers/run``: re-drive failed timers in bulk (``shared/CONTRACT.md`` section 4).
 
-    Pages through the shards' failed-timer indexes (by finish time, from
-    ``since``) as ``GET /timers?status=failed`` does, never a scan, and stops
-    after :data:`RUN_MAX_EXAMINED` timers: a ``next_cursor`` in the answer
-    continues from there. Each re-drive is one script per shard and page that
-    re-drives only timers still failed, so a repeated request, or the same
-    request from two API hosts at once, re-drives each timer once.
+    The work is :func:`redrive_failed`'s, bounded per request: a
+    ``next_cursor`` in the answer continues from where it stopped.
     """
 
     def __init__(self, store, settings):
@@ -400,26 +439,13 @@ class TimerRun:
     def on_post(self, req, resp):
         """200 ``{"matched": n, "run": n, "next_cursor": str or null}`` (``run`` is 0 on a dry run)."""
         host, since, dry_run, cursor = parse_run(read_json_body(req))
-        position = decode_cursor(cursor, "failed") if cursor else (since or float("-inf"), "")
-        indexes = self.store.known_shards(self.settings.shards)
-        matched = run = examined = 0
-        while position is not None and examined < RUN_MAX_EXAMINED:
-            items, position = self.store.list("failed", indexes, RUN_PAGE, position)
-            examined += len(items)
-            ids = [timer_id for timer_id, record in items if host is None or url_host(record["url"]) == host]
-            matched += len(ids)
-            if not dry_run:
-                run += self._redrive(ids)
+        matched, run, position = redrive_failed(
+            self.store, self.store.known_shards(self.settings.shards), host, since, dry_run,
+            decode_cursor(cursor, "failed") if cursor else None)
         log.info("timers re-driven", extra={"host": host, "since": since, "dry_run": dry_run,
                                             "matched": matched, "run": run})
         resp.media = {"matched": matched, "run": run,
                       "next_cursor": encode_cursor("failed", position) if position else None}
-
-    def _redrive(self, timer_ids):
-        by_shard = {}
-        for timer_id in timer_ids:
-            by_shard.setdefault(home_shard(timer_id), []).append(timer_id)
-        return sum(self.store.run(ids, failed_only=True).count("failed") for ids in by_shard.values())
 
 
 def shard_depths(store, count):

@@ -384,8 +384,13 @@ def parse_run(body):
     cursor = body.get("cursor")
     if cursor is not None and not isinstance(cursor, str):
         raise FieldError("cursor", "is not a cursor this API returned")
-    return (host.strip("[]").rstrip(".").lower() if host else None,
+    return (normalize_host(host) if host else None,
             None if since is None else parse_rfc3339("since", since), dry_run, cursor)
+
+
+def normalize_host(host):
+    """``host`` as stored URLs' hosts are compared: without ``[]`` or a trailing dot, lower-case."""
+    return host.strip("[]").rstrip(".").lower()
 
 
 def url_host(url):

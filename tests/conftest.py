@@ -4,7 +4,15 @@ services per test."""
 import pytest
 
 from sharding.local_cluster import LocalCluster
-from tests.harness import Receiver, RedisServer, Service, consumers_ready, empty_cluster, free_cluster_port
+from tests.harness import (
+    Receiver,
+    RedisServer,
+    Service,
+    consumers_ready,
+    empty_cluster,
+    free_cluster_port,
+    whole_service,
+)
 
 
 @pytest.fixture(scope="session")
@@ -89,14 +97,8 @@ def live(redis_server, tmp_path_factory):
     start a service of their own live in other modules: this one's consumers
     would deliver their timers too.
     """
-    redis_server.client().flushall()
-    service = Service(redis_server.url, str(tmp_path_factory.mktemp("live")))
-    try:
-        service.start()
-        consumers_ready(service)
+    with whole_service(redis_server, str(tmp_path_factory.mktemp("live"))) as service:
         yield service
-    finally:
-        service.stop(timeout=10)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from api.auth import client_scope
 from api.dashboard import COOKIE, CSP, PAGE, REFRESH_SECONDS
 from tests.harness import ROOT, consumers_ready, wait_until
+from tests.test_delivery import settled
 
 IMG_DIR = os.path.join(ROOT, "docs", "img")
 HOOK = "https://example.com/hook"
@@ -211,6 +212,115 @@ def test_cancel_changes_the_status_without_a_reload(make_service, browser):
     assert browser.execute_script("return window.notReloaded") is True
 
 
+def failed_once(service, receiver, path, base=None):
+    """A timer to ``path`` of the receiver (at ``base``, default its URL) whose only attempt got a
+    503: its id, once failed."""
+    receiver.script(path, [(503, {}, 0)])
+    timer_id = create(service, (base or receiver.url) + path, seconds=0, retry={"max_attempts": 1})
+    wait_until(lambda: api_status(service, timer_id) == "failed", timeout=30,
+               message=f"timer {timer_id} to fail")
+    return timer_id
+
+
+def act_on_timer_page(browser, service, timer_id, button):
+    """Open the timer's page, press ``button`` (Run now or Re-drive) and confirm; no reload follows."""
+    open_page(browser, f"{service.url}/dashboard/timers/{timer_id}")
+    browser.execute_script("window.notReloaded = true")
+    assert text(browser, "form[action$='/run'] button") == button
+    click(browser, "form[action$='/run'] button")
+    alert = WebDriverWait(browser, 10).until(expected_conditions.alert_is_present())
+    assert alert.text == f"{button} timer {timer_id}?"
+    alert.accept()
+
+
+def test_re_drive_a_failed_timer_and_see_it_fire(make_service, receiver, browser):
+    service = make_service().start()
+    consumers_ready(service)
+    timer_id = failed_once(service, receiver, "/flaky")
+    receiver.script("/flaky", [(200, {}, 0)])
+    act_on_timer_page(browser, service, timer_id, "Re-drive")
+    wait_for(browser, lambda d: text(d, "#field-status") == "fired", message="status fired")
+    assert text(browser, "#flash") == "Timer re-driven: due now with a fresh attempt budget."
+    assert (text(browser, "#field-attempts"), text(browser, "#field-last_error")) == ("2", "none")
+    assert browser.execute_script("return window.notReloaded") is True
+    assert browser.find_elements(By.CSS_SELECTOR, "form[action$='/run']") == []
+    wait_until(lambda: settled(service), timeout=10, message="queues to drain")
+    deliveries = receiver.received(f"/flaky/{timer_id}")
+    # The failed attempt and exactly one more, with the same webhook-id.
+    assert [d["headers"]["webhook-id"] for d in deliveries] == [str(timer_id)] * 2
+
+
+def test_run_now_fires_a_one_hour_timer(make_service, receiver, browser):
+    service = make_service().start()
+    consumers_ready(service)
+    timer_id, other = (create(service, receiver.url + "/later", hours=1) for _ in range(2))
+    act_on_timer_page(browser, service, timer_id, "Run now")
+    wait_for(browser, lambda d: text(d, "#field-status") == "fired", message="status fired")
+    assert text(browser, "#flash") == "Timer is due now."
+    assert browser.execute_script("return window.notReloaded") is True
+    wait_until(lambda: settled(service), timeout=10, message="queues to drain")
+    assert [d["headers"]["webhook-id"] for d in receiver.received()] == [str(timer_id)]
+    assert api_status(service, other) == "scheduled"
+
+    # Refused as POST /timers/<id>/run refuses: 409 once fired or cancelled, 404 unknown.
+    session = requests.Session()
+    page = session.get(f"{service.url}/dashboard/timers/{other}", timeout=10).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    assert requests.delete(f"{service.url}/timers/{other}", timeout=10).status_code == 204
+    for target, status, status_text in ((timer_id, 409, "fired"), (other, 409, "cancelled"),
+                                        (other + 1000, 404, None)):
+        answer = session.post(f"{service.url}/dashboard/timers/{target}/run", data={"csrf": csrf},
+                              allow_redirects=False, timeout=10)
+        api = requests.post(f"{service.url}/timers/{target}/run", timeout=10)
+        assert (answer.status_code, api.status_code) == (status, status), target
+        if status_text:
+            assert f"Timer {target} is already {status_text}; it cannot be run." in answer.text
+    assert (api_status(service, timer_id), api_status(service, other)) == ("fired", "cancelled")
+    assert len(receiver.received()) == 1
+
+
+def test_bulk_re_drive_of_one_host_counts_then_re_drives_only_those(make_service, receiver, browser):
+    service = make_service().start()
+    consumers_ready(service)
+    other_host = receiver.url.replace("127.0.0.1", "localhost")
+    wanted = [failed_once(service, receiver, f"/bulk-{n}", other_host) for n in range(2)]
+    left = failed_once(service, receiver, "/bulk-other")
+    for path in ("/bulk-0", "/bulk-1", "/bulk-other"):
+        receiver.script(path, [(200, {}, 0)])
+
+    open_page(browser, f"{service.url}/dashboard/timers?status=failed&host=LOCALHOST")
+    assert sorted(list_ids(browser)) == sorted(wanted)
+    assert text(browser, "form.bulk button") == "Re-drive all failed of localhost…"
+    click(browser, "form.bulk button")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "redrive-count"), message="the count")
+    assert text(browser, "#redrive-count") == (
+        "2 failed timers with host localhost would be re-driven (each due now with a fresh attempt budget).")
+    assert browser.find_elements(By.ID, "redrive-more") == []
+    # Only counted: nothing changed yet.
+    assert [api_status(service, i) for i in (*wanted, left)] == ["failed"] * 3
+    assert len(receiver.received()) == 3
+
+    click(browser, "main form button.danger")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "redrive-result"), message="the result")
+    assert text(browser, "#redrive-result") == "Re-drove 2 of 2 failed timers with host localhost."
+    assert browser.find_elements(By.ID, "redrive-more") == []
+    wait_until(lambda: all(api_status(service, i) == "fired" for i in wanted), timeout=30,
+               message="the re-driven timers to fire")
+    wait_until(lambda: settled(service), timeout=10, message="queues to drain")
+    assert api_status(service, left) == "failed"
+    per_timer = {}
+    for delivery in receiver.received():
+        per_timer.setdefault(int(delivery["headers"]["webhook-id"]), []).append(delivery)
+    assert {i: len(d) for i, d in per_timer.items()} == {wanted[0]: 2, wanted[1]: 2, left: 1}
+
+    # Done: a second count finds none.
+    open_page(browser, f"{service.url}/dashboard/timers?status=failed&host=localhost")
+    assert list_ids(browser) == []
+    click(browser, "form.bulk button")
+    wait_for(browser, lambda d: text(d, "#redrive-count").startswith("0 failed timers"), message="no more")
+    assert browser.find_elements(By.CSS_SELECTOR, "main form button.danger") == []
+
+
 def test_refresh_stops_while_the_tab_is_hidden(make_service, browser):
     service = make_service().start("api")
     open_page(browser, f"{service.url}/dashboard")
@@ -328,19 +438,28 @@ def test_a_script_url_is_shown_as_text_and_nothing_leaves_the_origin(make_servic
         assert (headers["Content-Security-Policy"], headers["X-Content-Type-Options"]) == (CSP, "nosniff")
 
 
-def test_readonly_has_no_actions_and_off_has_no_dashboard(make_service, browser):
-    service = make_service(env={"TIMER_DASHBOARD": "readonly"}).start("api")
+def test_readonly_has_no_actions_and_off_has_no_dashboard(make_service, receiver, browser):
+    service = make_service(env={"TIMER_DASHBOARD": "readonly"}).start()
+    consumers_ready(service)
     timer_id = create(service, hours=1)
-    open_page(browser, f"{service.url}/dashboard/timers/{timer_id}")
-    assert text(browser, "#field-status") == "scheduled"
-    assert browser.find_elements(By.CSS_SELECTOR, "main form, main button") == []
+    failed = failed_once(service, receiver, "/readonly")
+    receiver.script("/readonly", [(200, {}, 0)])
+    for path in (f"/dashboard/timers/{timer_id}", f"/dashboard/timers/{failed}"):
+        open_page(browser, service.url + path)
+        assert text(browser, "#field-status") in ("scheduled", "failed")
+        assert browser.find_elements(By.CSS_SELECTOR, "main form, main button") == [], path
+    open_page(browser, f"{service.url}/dashboard/timers?status=failed")
+    assert list_ids(browser) == [failed]
+    assert browser.find_elements(By.CSS_SELECTOR, "form.bulk, form[action$='/run']") == []
     # With a session: were the routes there, a missing CSRF token would be a 403, not a 404.
     session = requests.Session()
     assert session.get(f"{service.url}/dashboard", timeout=10).cookies.get(COOKIE)
     for path in (f"/dashboard/timers/{timer_id}/cancel", f"/dashboard/timers/{timer_id}/run",
-                 "/dashboard/redrive"):
-        assert session.post(service.url + path, data={"csrf": ""}, timeout=10).status_code == 404, path
-    assert api_status(service, timer_id) == "scheduled"
+                 f"/dashboard/timers/{failed}/run", "/dashboard/redrive"):
+        answer = session.post(service.url + path, data={"csrf": "", "confirm": "yes"}, timeout=10)
+        assert answer.status_code == 404, path
+    assert (api_status(service, timer_id), api_status(service, failed)) == ("scheduled", "failed")
+    assert len(receiver.received()) == 1
     service.stop()
 
     off = make_service(env={"TIMER_DASHBOARD": "off"}).start("api")

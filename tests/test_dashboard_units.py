@@ -1,4 +1,5 @@
-"""The dashboard's logic without a browser: rates, the lateness histogram, hosts, sessions, settings."""
+"""The dashboard's logic without a browser: rates, the lateness histogram, hosts, sessions, settings,
+the bounded bulk re-drive and its page."""
 
 import time
 import types
@@ -9,9 +10,13 @@ import itsdangerous
 import itsdangerous.timed
 import pytest
 
+from api import resources
 from api.auth import client_scope
-from api.dashboard import COOKIE, Rates, Sessions, host_of, lateness_buckets
+from api.dashboard import COOKIE, Rates, Sessions, lateness_buckets, render
+from api.validation import normalize_host, url_host
 from sharding import config
+from sharding.store import TimerStore
+from tests.test_store import _attempt
 
 
 def test_rates_wait_for_a_span_then_give_per_minute():
@@ -55,8 +60,62 @@ def test_lateness_buckets_from_cumulative_counts():
 @pytest.mark.parametrize(("url", "host"), [
     ("https://Example.COM:8443/x", "example.com"), ("http://user:pw@a.test/", "a.test"),
     ("http://[::1]:80/", "::1"), ("https://x.test/<script>", "x.test")])
-def test_host_of(url, host):
-    assert host_of(url) == host
+def test_url_host(url, host):
+    assert url_host(url) == host
+
+
+@pytest.mark.parametrize(("given", "host"), [("A.Test.", "a.test"), ("[::1]", "::1"), ("x.test", "x.test")])
+def test_normalize_host(given, host):
+    assert normalize_host(given) == host
+
+
+def test_redrive_failed_stops_at_its_bound_and_goes_on_from_there(redis_client, redis_server, monkeypatch):
+    store = TimerStore(redis_server.url)
+    failed = []
+    for n in range(7):
+        timer_id, _, _ = store.create(f"https://{'a' if n % 2 else 'b'}.test/h", 0, n % 3,
+                                      retry={"max_attempts": 1})
+        assert _attempt(store, timer_id)[1][1] == "failed"
+        failed.append(timer_id)
+    of_a = failed[1::2]
+    monkeypatch.setattr(resources, "RUN_PAGE", 2)
+    monkeypatch.setattr(resources, "RUN_MAX_EXAMINED", 4)
+    indexes = [0, 1, 2]
+    # A dry run counts the first 4 (2 of host a) and changes nothing.
+    matched, run, position = resources.redrive_failed(store, indexes, "a.test", dry_run=True)
+    assert (matched, run, position is not None) == (2, 0, True)
+    assert [store.get(i)[0]["status"] for i in failed] == ["failed"] * 7
+    matched, run, position = resources.redrive_failed(store, indexes, "a.test")
+    assert (matched, run) == (2, 2)
+    matched, run, position = resources.redrive_failed(store, indexes, "a.test", position=position)
+    assert (matched, run, position) == (1, 1, None)
+    assert {i for i in failed if store.get(i)[0]["status"] == "retrying"} == set(of_a)
+    assert resources.redrive_failed(store, indexes, "a.test") == (0, 0, None)
+
+
+def _redrive_page(**context):
+    resp = falcon.Response()
+    render(resp, "redrive.html", **{"host": "a.test", "matched": 3, "run": 3, "confirmed": True,
+                                    "cursor": "", "next_cursor": "", "bound": 5000, **context})
+    return resp.text
+
+
+def test_redrive_page_says_when_more_may_remain():
+    assert "more may remain" not in _redrive_page()
+    assert "Re-drove 3 of 3 failed timers with host a.test." in _redrive_page()
+    page = _redrive_page(next_cursor="abc")
+    assert "Stopped after examining 5000 failed timers (the bound of one request): more may remain." in page
+    assert '<input type="hidden" name="cursor" value="abc">' in page
+    assert 'name="confirm"' not in page
+    assert ">Run again</button>" in page
+    count = _redrive_page(confirmed=False, matched=1, cursor="xyz")
+    assert "1 failed timer with host a.test would be re-driven" in count
+    assert '<input type="hidden" name="cursor" value="xyz">' in count
+    assert '<input type="hidden" name="confirm" value="yes">' in count
+    assert "more may remain" not in count
+    more = _redrive_page(confirmed=False, next_cursor="abc")
+    assert "Counted in the first 5000 failed timers (the bound of one request): more may remain." in more
+    assert ">Count the next ones</button>" in more
 
 
 def _client(sessions):

@@ -22,6 +22,11 @@
     });
   }
 
+  function live() {
+    // A page without live parts (a form's result) has nothing to refresh.
+    return document.querySelector("[data-live]") !== null;
+  }
+
   function get(url) {
     return fetch(url, {credentials: "same-origin", cache: "no-store", redirect: "follow"});
   }
@@ -47,7 +52,7 @@
   function schedule() {
     window.clearTimeout(pending);
     pending = null;
-    if (seconds > 0 && document.visibilityState === "visible") {
+    if (seconds > 0 && live() && document.visibilityState === "visible") {
       pending = window.setTimeout(function () { refresh().then(schedule); }, seconds * 1000);
     }
   }
