@@ -115,7 +115,8 @@ def read_json_body(req):
         falcon.HTTPUnsupportedMediaType: Content-Type is not ``application/json``,
             or names a charset other than UTF-8.
         falcon.HTTPContentTooLarge: more than 64 KiB.
-        falcon.HTTPBadRequest: empty or malformed JSON, or a malformed chunked body.
+        falcon.HTTPBadRequest: empty or malformed JSON, a malformed chunked body, or a body
+            shorter than its Content-Length (the client closed its side early).
     """
     mime, params = falcon.parse_header(req.content_type or "")
     if mime.lower() != falcon.MEDIA_JSON:
@@ -141,6 +142,11 @@ def read_json_body(req):
                                     headers={"Connection": "close"}) from None
     if len(raw) > MAX_BODY_BYTES:
         raise _too_large()
+    if req.content_length is not None and len(raw) < req.content_length:
+        # The client closed its side early: a cut-off body is never taken for a whole one.
+        raise falcon.HTTPBadRequest(
+            title="Invalid body", headers={"Connection": "close"},
+            description=f"the body ended after {len(raw)} of its Content-Length {req.content_length} bytes")
     try:
         return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))
     except RecursionError:

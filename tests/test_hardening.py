@@ -358,6 +358,18 @@ def test_malformed_chunked_bodies_are_400_json(service):
     assert status == 201, payload
 
 
+def test_a_body_shorter_than_its_content_length_creates_nothing(service):
+    body = b'{"seconds": 3600, "url": "http://127.0.0.1:9/truncated"}'
+    head = (b"POST /timers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (len(body) + 100))
+    status, _, payload = _raw_exchange(service.url, head + body)
+    assert status == 400, payload
+    assert json.loads(payload)["description"] == (
+        f"the body ended after {len(body)} of its Content-Length {len(body) + 100} bytes")
+    listed = requests.get(f"{service.url}/timers", params={"status": "scheduled"}, timeout=5).json()
+    assert listed["timers"] == []
+
+
 @pytest.mark.parametrize("url", ["http://127．0．0．1:19801/x", "http://ex\u3002ample.test/x",
                                  "http://[fe80::1%25eth0]/x", "http://[fe80::1%eth0]/x"])
 def test_hosts_that_cannot_be_delivered_to_are_refused_at_create(service, url):
