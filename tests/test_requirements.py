@@ -14,7 +14,7 @@ import sys
 from tests.harness import ROOT
 
 ENTRY_POINTS = ("api.app", "api.gunicorn_conf", "workers.pool", "workers.consumer", "sharding.coordinator",
-                "sharding.embedded_redis")
+                "sharding.embedded_redis", "sharding.local_cluster")
 
 
 def test_requirements_txt_alone_loads_every_entry_point_and_the_worker_class(tmp_path):
