@@ -209,7 +209,8 @@ class Claim:
 
     ``status`` is ``firing`` when this caller now owns the delivery attempt
     number ``attempt`` (``in_budget``: its number counted from the timer's
-    last re-drive, which backoff grows with); ``early`` when the timer is not
+    last re-drive, which backoff grows with; ``previous``: ``scheduled`` or
+    ``retrying``, what :meth:`TimerStore.release` restores); ``early`` when the timer is not
     due until ``due_ms``; else the timer's current status (``missing`` if
     there is no record). Times are epoch milliseconds.
     """
@@ -224,6 +225,7 @@ class Claim:
     request_id: str = ""
     payload: Payload | None = None
     in_budget: int = 0
+    previous: str = ""
 
 
 @dataclasses.dataclass
@@ -275,10 +277,10 @@ class Shard:
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
         (self.create, self.reserve_id, self.create_reserved, self.get, self.feed, self.claim,
-         self.finish, self.renew, self.expire_lease, self.cancel, self.reschedule, self.run,
-         self.confirm_write) = scripts.register(
+         self.finish, self.renew, self.release, self.expire_lease, self.cancel, self.reschedule,
+         self.run, self.confirm_write) = scripts.register(
             self.redis, "create", "reserve_id", "create_reserved", "get", "feed", "claim", "finish",
-            "renew", "expire_lease", "cancel", "reschedule", "run", "confirm")
+            "renew", "release", "expire_lease", "cancel", "reschedule", "run", "confirm")
         # Where a script may build a key from its arguments (one server), the id is
         # made inside the create script: one round trip. A cluster wants every key
         # in KEYS, so the id is reserved first.
@@ -652,7 +654,7 @@ class TimerStore:
                 claims.append(Claim(timer_id, status, attempt=int(res[1]), url=res[2].decode(),
                                     fire_at_ms=int(res[3]), now_ms=int(res[4]),
                                     request_id=res[5].decode(), in_budget=int(res[6]),
-                                    payload=Payload.from_fields(*res[7:10])))
+                                    payload=Payload.from_fields(*res[7:10]), previous=res[10].decode()))
         return claims
 
     def finish(self, outcomes, limits):
@@ -691,12 +693,38 @@ class TimerStore:
         Raises:
             ValueError: the timers are not all on one shard.
         """
+        return int(self._on_claims("renew", claims, lease_ms, lambda claim: (claim.timer_id, claim.attempt)))
+
+    def release(self, claims, visibility_ms):
+        """Undo claims of one shard whose attempts never started (firing → what it was before).
+
+        For a consumer that claimed timers and had no sender free for them in
+        time (``workers.tasks``): each timer is pending again, its attempt not
+        counted, and hidden in the due index for ``visibility_ms`` while the
+        caller gives it back to a queue (:meth:`give_back`).
+
+        Args:
+            claims: non-empty list of :class:`Claim` (status ``firing``) of one shard.
+            visibility_ms: how long the timers stay hidden from feeds, in milliseconds.
+        Returns:
+            list of the ids whose claims were undone: one whose timer is no
+            longer firing with that attempt (cancelled, or taken back by
+            recovery) is left alone, and not for the caller to give back.
+        Raises:
+            ValueError: the timers are not all on one shard.
+        """
+        return [int(timer_id) for timer_id in self._on_claims(
+            "release", claims, visibility_ms, lambda claim: (claim.timer_id, claim.attempt, claim.previous))]
+
+    def _on_claims(self, script, claims, first, per_claim):
+        """Run shard script ``script`` on ``claims`` (one shard) with ARGV ``first``, then
+        ``per_claim(claim)`` of each; returns its reply."""
         ids = [claim.timer_id for claim in claims]
         shard = self._one_shard(ids)
-        args = [lease_ms]
+        args = [first]
         for claim in claims:
-            args += [claim.timer_id, claim.attempt]
-        return int(shard.renew(keys=shard.timer_keys(ids), args=args))
+            args += per_claim(claim)
+        return getattr(shard, script)(keys=shard.timer_keys(ids), args=args)
 
     def expire_lease(self, timer_id, limits):
         """Take back a ``firing`` timer whose lease ran out.

@@ -5,7 +5,8 @@
 * A receiver that drips its body is cut off at ``TIMER_WEBHOOK_TIMEOUT_SECONDS``
   (``workers/deadline.py``), recorded as a timeout and retried.
 * Dripping and hanging receivers hold up only their own timers: a consumer
-  claims no more timers than it has free senders (``workers/tasks.py``).
+  takes a message only while a sender is free or about to be, and gives back
+  the timers it claimed and found no sender for (``workers/tasks.py``).
 * Malformed chunked bodies, undeliverable hosts and other charsets are 4xx.
 """
 
@@ -19,7 +20,7 @@ import pytest
 import requests
 
 from api.worker import REQUEST_DEADLINE_S
-from tests.harness import consumers_ready, wait_until
+from tests.harness import consumers_ready, json_lines, wait_until
 from tests.test_delivery import fire_at_epoch
 
 KEEPALIVE_S = 5  # api/gunicorn_conf.py: a request's headers must arrive within this
@@ -292,7 +293,7 @@ def test_dripping_and_hanging_receivers_hold_up_only_their_own_timers(make_servi
         f"lateness p50 {statistics.median(lateness):.3f} s, max {max(lateness):.3f} s")
 
 
-def test_a_consumer_claims_no_more_timers_than_it_has_free_senders(make_service, slow_receiver, receiver):
+def test_a_consumer_gives_back_the_timers_it_has_no_free_sender_for(make_service, slow_receiver, receiver):
     # One shard, 2 consumers x 2 senders. Stored while no consumer runs, the timers
     # are fed at once as 2 messages of 3, in creation order: [hang, hang, ordinary]
     # and [hang, ordinary, ordinary]. Whichever consumer takes the first message
@@ -317,6 +318,11 @@ def test_a_consumer_claims_no_more_timers_than_it_has_free_senders(make_service,
     assert sorted(int(r["path"].rsplit("/", 1)[1]) for r in receiver.received()) == sorted(ordinary)
     assert max(late) <= 1.0, late
     assert len(slow_receiver.open_connections("/hang")) == 3
+    # It was given back unsent (released, its attempt not counted), then sent once by the other.
+    assert any(line.get("message") == "timers given back" for line in json_lines(service.logs("workers")))
+    wait_until(lambda: all(service.get(t)["status"] == "fired" for t in ordinary), timeout=10,
+               message="the ordinary timers to read fired")
+    assert [service.get(t)["attempts"] for t in ordinary] == [1, 1, 1]
 
 
 CHUNKED_HEAD = (b"POST /timers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -379,3 +379,40 @@ def test_a_retry_is_never_claimed_early(store, redis_client):
     assert status == "retrying"
     [early] = store.claim([timer_id], lease_ms=10_000, early_ms=10_000)
     assert (early.status, early.due_ms) == ("early", next_ms)
+
+
+def test_release_undoes_claims_never_sent_and_leaves_others_alone(store, redis_client):
+    shard = store.shard(1)
+    fresh, retried, expired, recovered = _due_now(store, 1, 4)
+    first, _ = _attempt(store, retried, wait_ms=0)
+    redis_client.hset(shard.record_key(retried), "d", 0)
+    redis_client.zadd(shard.retries_key, {retried: 0})
+    before = redis_client.hgetall(shard.record_key(retried))
+    claims = store.claim([fresh, retried, expired, recovered], lease_ms=10_000)
+    assert [(c.status, c.attempt, c.previous) for c in claims] == [
+        ("firing", 1, "scheduled"), ("firing", 2, "retrying"), ("firing", 1, "scheduled"),
+        ("firing", 1, "scheduled")]
+    # A firing timer cannot be cancelled, but its lease can run out: recovery took `expired`
+    # back (retrying), and `recovered` back and claimed again (attempt 2): neither is the claim's.
+    assert store.cancel(expired) == "firing"
+    redis_client.hset(shard.record_key(expired), "l", 0)
+    assert store.expire_lease(expired, LIMITS) == "retrying"
+    redis_client.hset(shard.record_key(recovered), "a", 2)
+
+    assert store.release(claims, visibility_ms=30_000) == [fresh, retried]
+
+    # Pending again as before the claim: a never-attempted timer has no 'a' field again.
+    assert set(redis_client.hgetall(shard.record_key(fresh))) == {b"u", b"f", b"s", b"r"}
+    assert redis_client.hgetall(shard.record_key(retried)) == before
+    assert store.get(retried)[0]["attempts"] == first.attempt == 1
+    # Hidden from feeds while the caller gives them back to a queue; a retry stays listed.
+    now = claims[0].now_ms
+    for timer_id in (fresh, retried):
+        assert now + 30_000 <= redis_client.zscore(shard.due_key, timer_id) <= now + 31_000
+    assert redis_client.zscore(shard.retries_key, retried) == 0
+    assert redis_client.zrange(shard.leases_key, 0, -1) == [b"%d" % recovered]
+    assert (store.get(expired)[0]["status"], store.get(expired)[0]["attempts"]) == ("retrying", 1)
+    # Released, they are claimed again with the same attempt numbers.
+    redis_client.zadd(shard.due_key, {fresh: 0, retried: 0})
+    assert [(c.status, c.attempt) for c in store.claim([fresh, retried], lease_ms=10_000)] == [
+        ("firing", 1), ("firing", 2)]

@@ -3,18 +3,18 @@
 Run: ``python -m workers.consumer <shard index>``. The pool supervisor
 (``workers.pool``) starts ``TIMER_WORKERS_PER_SHARD`` of these per shard.
 
-Each consumer runs ``TIMER_CONSUMER_THREADS`` Huey worker threads and as
-many webhook sender threads (``workers.tasks``; webhooks are I/O-bound; a
-Huey worker thread takes a message only while a sender is free) and, in
-place of Huey's scheduler, a feeder that every
+Each consumer runs one Huey worker thread, which takes a message only when
+the consumer has room for it, ``TIMER_CONSUMER_THREADS`` webhook sender
+threads (webhooks are I/O-bound) and an upkeep thread (``workers.tasks.Dispatcher``)
+and, in place of Huey's scheduler, a feeder that every
 ``TIMER_SCHEDULER_TICK_SECONDS`` (default 0.1 s; Huey's scheduler ticks once a
 second at most) moves the shard's due timers from the timer store's due index
 onto its Huey queue. Several feeders on one shard are safe: taking due timers
 is one atomic Lua script.
 
-SIGTERM and SIGINT stop gracefully: in-flight deliveries get
-``TIMER_SHUTDOWN_SECONDS`` to finish; anything cut off is recovered through
-its lease by the coordinator.
+SIGTERM and SIGINT stop gracefully: claimed timers not yet sent are given
+back, in-flight deliveries get ``TIMER_SHUTDOWN_SECONDS`` to finish and are
+recorded; anything cut off is recovered through its lease by the coordinator.
 """
 
 import logging
@@ -69,43 +69,52 @@ class Feeder(BaseProcess):
         self.sleep_for_interval(begun, self.tick_s)
 
 
-class SenderWorker(Worker):
-    """Huey worker thread that takes a message off the queue only while a sender is free.
+class DispatchWorker(Worker):
+    """Huey worker thread that takes a message off the queue only when the consumer has room.
 
-    A consumer whose senders are all busy (slow receivers) so leaves the
-    shard's messages to the other consumers of its pool.
+    A consumer whose senders are all held by slow receivers so leaves the
+    shard's messages to the other consumers of its pool
+    (``workers.tasks.Dispatcher.wait_for_room``).
     """
 
     process_name = "Worker"
 
-    def __init__(self, huey, stop_flag, senders, **options):
+    def __init__(self, huey, stop_flag, dispatcher, **options):
         super().__init__(huey, stop_flag, **options)
-        self.senders = senders
+        self.dispatcher = dispatcher
 
     def loop(self, now=None):
-        """Huey's loop (take a message, run it) once a sender is free; else return within 1 s."""
-        if self.senders.wait_free(1.0):
+        """Huey's loop (take a message, run it) once there is room; else return within 1 s."""
+        if self.dispatcher.wait_for_room(1.0):
             super().loop(now)
 
 
 class TimerConsumer(Consumer):
     """Huey ``Consumer`` whose scheduler process is a :class:`Feeder` and whose
-    worker threads are :class:`SenderWorker` s sharing ``senders``."""
+    worker thread is a :class:`DispatchWorker` feeding ``dispatcher``."""
 
-    def __init__(self, huey, feeder_options, senders, **options):
+    def __init__(self, huey, feeder_options, dispatcher, **options):
         self.feeder_options = feeder_options
-        self.senders = senders
+        self.dispatcher = dispatcher
         super().__init__(huey, **options)
 
     def _create_worker(self):
         # Huey documents overriding _create_worker and _create_scheduler.
-        return SenderWorker(huey=self.huey, stop_flag=self.stop_flag, senders=self.senders,
-                            default_delay=self.default_delay, max_delay=self.max_delay,
-                            backoff=self.backoff, max_tasks=self.max_tasks)
+        return DispatchWorker(huey=self.huey, stop_flag=self.stop_flag, dispatcher=self.dispatcher,
+                              default_delay=self.default_delay, max_delay=self.max_delay,
+                              backoff=self.backoff, max_tasks=self.max_tasks)
 
     def _create_scheduler(self):
         # Huey documents overriding _create_scheduler for custom schedulers.
         return Feeder(self.huey, self.stop_flag, **self.feeder_options)
+
+    def _join_workers(self):
+        # Huey's graceful stop joins its threads (which take no more messages),
+        # then the dispatcher's sends in flight get what is left of the timeout.
+        began = time.monotonic()
+        joined = super()._join_workers()
+        left = self.shutdown_timeout - (time.monotonic() - began)
+        return self.dispatcher.close(max(left, 0.0)) and joined
 
 
 def _open_shard(store, index):
@@ -137,15 +146,15 @@ def main(argv=None):
     shard = _open_shard(store, index)
     sender = Sender(settings.webhook_timeout_seconds, settings.webhook_deny_networks,
                     settings.webhook_secrets)
-    senders = tasks.Senders(settings.consumer_threads)
-    tasks.register(shard.huey, store, sender, settings, senders, index)
+    dispatcher = tasks.Dispatcher(store, sender, settings, settings.consumer_threads).start()
+    tasks.register(shard.huey, dispatcher, index)
     consumer = TimerConsumer(
         shard.huey,
-        senders=senders,
+        dispatcher=dispatcher,
         feeder_options={"store": store, "index": index, "tick_s": settings.scheduler_tick_seconds,
                         "visibility_ms": int(settings.visibility_seconds * 1000),
                         "spread": settings.workers_per_shard},
-        workers=settings.consumer_threads,
+        workers=1,
         worker_type="thread",
         periodic=False,
         check_worker_health=True,

@@ -1,43 +1,60 @@
-"""The Huey task that fires a batch of timers: claim, deliver, record.
+"""Firing timers in a consumer: claim, deliver, record.
 
 The timer record is the source of truth; the queue message only says which
 timers to look at. A claim (scheduled/retrying → firing, with a lease) is
 atomic, so two consumers never send the same attempt, and a message that
 arrives for a timer already fired, failed or cancelled does nothing.
 
-A message holds one timer or, when many are due at once, a batch of one
-shard's timers (``sharding.queues``). A consumer claims only as many of
-them as it has free sender threads (:class:`Senders`): a Huey worker
-thread takes a message only while a sender is free, reserves one sender per
-timer it claims, and puts the rest back at the head of the shard's queue for
-another consumer; so no claimed timer waits for a sender, and a receiver
-that hangs or drips holds up its own timers only. The claimed timers are
-sent in parallel, their outcomes recorded as the sends complete, in one
-script every :data:`FLUSH_S` seconds at most, so that a delivered timer soon
-reads ``fired``. Each claimed timer holds a lease of one attempt (webhook
-timeout + 5 s), renewed every third of it while its send runs: if the
-consumer dies, recovery takes its timers back within a lease.
+A message holds one timer or, when many are due at once, a batch of up to 16
+of one shard's timers (``sharding.queues``). A consumer's :class:`Dispatcher`
+runs it:
+
+* its Huey worker thread takes a message only when the consumer has room: no
+  claimed timer waiting, and a sender free or about to be (one whose send
+  began less than :data:`GIVE_BACK_S` ago); it claims the message's timers in
+  one script and hands them to the sender threads;
+* a claimed timer that finds no sender within :data:`GIVE_BACK_S` (its
+  consumer's receivers hang or drip) is released unsent (``TimerStore.release``:
+  pending again, the attempt not counted) and given back to the head of its
+  queue for another consumer, so a slow receiver holds up its own timers only;
+* the outcomes of a consumer's sends are recorded together, in one script per
+  shard every :data:`FLUSH_S` seconds at most, so that a delivered timer soon
+  reads ``fired``;
+* each claimed timer holds a lease of one attempt (webhook timeout + 5 s),
+  renewed every third of it while its send runs: if the consumer dies,
+  recovery takes its timers back within a lease.
+
+A backlog so costs a consumer one claim per 16 timers and one record per
+flush, whatever the number of senders (docs/BENCHMARKS.md, "Fire path").
 """
 
-import concurrent.futures
+import collections
+import itertools
 import logging
 import threading
 import time
 from typing import NamedTuple
 
 from sharding import logs, metrics
-from sharding.store import Finish
+from sharding.queues import MAX_TIMERS_PER_MESSAGE
+from sharding.store import Finish, home_shard
+from sharding.topology import REDIS_ERRORS
 from workers.delivery import Outcome, backoff_s
 
 log = logging.getLogger("workers.tasks")
 
-FLUSH_S = 0.5
-# How long a Huey worker thread holding a message waits for a sender to free
-# up before it gives the whole message back to the queue.
+# At most this long (seconds) between a send's end and its outcome recorded.
+FLUSH_S = 0.1
+# A claimed timer that waits this long (seconds) for a sender goes back to its queue.
 GIVE_BACK_S = 0.1
+# How often (seconds) the consumer's upkeep thread gives back, records and renews.
+UPKEEP_S = 0.05
 # timer_webhook_attempts_total{outcome}: by what follows the attempt, so that
 # a last attempt that failed counts as "fail" even if its error was retryable.
 _ATTEMPT_LABEL = {"fired": "ok", "retrying": "retry", "failed": "fail"}
+# Label children made once (prometheus-client's advice; in multiprocess mode each makes a file entry).
+_ATTEMPTS = {status: metrics.WEBHOOK_ATTEMPTS.labels(label) for status, label in _ATTEMPT_LABEL.items()}
+_FINAL_COUNTER = {"fired": metrics.TIMER_FIRED, "failed": metrics.TIMER_FAILED}
 
 
 class Sent(NamedTuple):
@@ -49,125 +66,214 @@ class Sent(NamedTuple):
     late_s: float
 
 
-class Senders:
-    """A consumer's webhook sender threads, and a count of the free ones.
+class Waiting(NamedTuple):
+    """A claimed timer waiting for a sender: its claim, the shard whose queue it came
+    from, and when it was claimed (monotonic seconds)."""
+
+    claim: object  # sharding.store.Claim
+    queue_index: int
+    claimed_at: float
+
+
+class Dispatcher:
+    """A consumer's claimed timers, its webhook sender threads, and the recording of their outcomes.
+
+    Thread-safe; one per consumer process. :meth:`start` starts ``count``
+    sender threads and one upkeep thread (daemons: a consumer killed with
+    them loses nothing that recovery does not take back through the leases).
 
     Args:
+        store: ``sharding.store.TimerStore``.
+        sender: ``workers.delivery.Sender``.
+        settings: ``sharding.config.Settings`` (lease, visibility, retry limits).
         count: sender threads (``TIMER_CONSUMER_THREADS``).
     """
 
-    def __init__(self, count):
-        self._executor = concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="sender")
-        self._free = count
-        self._cond = threading.Condition()
+    def __init__(self, store, sender, settings, count):
+        self.store = store
+        self.sender = sender
+        self.settings = settings
+        self.count = count
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # senders wait for claimed timers
+        self._room = threading.Condition(self._lock)  # the Huey worker waits for room
+        self._ready = collections.deque()  # Waiting, oldest first
+        self._idle = 0
+        self._busy = {}  # sender thread id -> (claim, monotonic start of its send)
+        self._done = []  # Sent, not yet recorded
+        self._closing = False
+        self._renewed_at = self._flushed_at = time.monotonic()
+        self._threads = [threading.Thread(target=self._send_loop, name=f"sender-{k}", daemon=True)
+                         for k in range(count)]
+        self._threads.append(threading.Thread(target=self._upkeep_loop, name="upkeep", daemon=True))
 
-    def wait_free(self, timeout_s):
-        """True as soon as a sender is free; False after ``timeout_s`` seconds without one."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._free > 0, timeout_s)
+    def start(self):
+        """Start the sender and upkeep threads; returns self."""
+        for thread in self._threads:
+            thread.start()
+        return self
 
-    def take(self, wanted, timeout_s):
-        """Reserve up to ``wanted`` free senders, waiting at most ``timeout_s`` seconds for one.
+    def _has_room(self):
+        if self._ready or self._closing:
+            return False
+        now = time.monotonic()
+        return self._idle > 0 or any(now - began < GIVE_BACK_S for _, began in self._busy.values())
 
-        Returns:
-            how many were reserved (0 when none freed up in time).
+    def wait_for_room(self, timeout_s):
+        """True once the consumer may take a message; False after ``timeout_s`` seconds without room.
+
+        Room: no claimed timer waiting for a sender, and a sender free or
+        busy for less than :data:`GIVE_BACK_S` (a fast receiver's send ends
+        soon; a hanging one's does not, and its consumer leaves the queue to others).
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._free > 0, timeout_s):
-                return 0
-            taken = min(wanted, self._free)
-            self._free -= taken
-            return taken
+        with self._lock:
+            return self._room.wait_for(self._has_room, timeout_s)
 
-    def release(self, count=1):
-        """Give back ``count`` reserved senders."""
-        if count:
-            with self._cond:
-                self._free += count
-                self._cond.notify_all()
+    def take(self, timer_ids, queue_index):
+        """Claim the due and unclaimed ones of ``timer_ids`` (one message) and queue them for the senders.
 
-    def submit(self, fn, *args):
-        """Run ``fn(*args)`` on a reserved sender, which is freed when it returns.
+        A message for a timer that is not yet due (a stale duplicate) is
+        dropped, since the due index feeds the timer again when it is due.
 
+        Args:
+            timer_ids: ids of timers of one home shard.
+            queue_index: the shard whose queue the message came from.
         Returns:
-            ``concurrent.futures.Future``.
+            list with, per timer, ``claimed`` or the reason nothing will be
+            sent (``early``, ``fired``, ``missing`` ...).
+        Raises:
+            redis.exceptions.RedisError: Redis unreachable; the timers come due again.
         """
-        return self._executor.submit(self._run, fn, args)
+        claims = self.store.claim(timer_ids, self.settings.lease_ms)
+        claimed_at = time.monotonic()
+        firing = [Waiting(claim, queue_index, claimed_at) for claim in claims if claim.status == "firing"]
+        if firing:
+            with self._lock:
+                self._ready.extend(firing)
+                self._work.notify(len(firing))
+        for claim in claims:
+            if claim.status != "firing":
+                log.info("timer not claimable", extra={"timer_id": claim.timer_id, "status": claim.status})
+        return ["claimed" if claim.status == "firing" else claim.status for claim in claims]
 
-    def _run(self, fn, args):
+    def _send_loop(self):
+        me = threading.get_ident()
+        while True:
+            with self._lock:
+                self._idle += 1
+                if not self._ready:
+                    self._room.notify()
+                while not self._ready:
+                    self._work.wait()
+                self._idle -= 1
+                waiting = self._ready.popleft()
+                self._busy[me] = (waiting.claim, time.monotonic())
+                if not self._ready:
+                    # This sender took the last waiting timer: room for the next message.
+                    self._room.notify()
+            sent = _attempt(waiting.claim, waiting.claimed_at, self.sender)
+            with self._lock:
+                del self._busy[me]
+                self._done.append(sent)
+
+    def _upkeep_loop(self):
+        while True:
+            time.sleep(UPKEEP_S)
+            self.upkeep()
+
+    def upkeep(self, everything=False):
+        """Give back timers that waited too long for a sender, record outcomes, renew leases.
+
+        Called every :data:`UPKEEP_S` seconds by the upkeep thread, and by
+        :meth:`close`. A Redis error is logged and the work left for the next call.
+
+        Args:
+            everything: give back every waiting timer and record every outcome now.
+        """
+        now = time.monotonic()
+        with self._lock:
+            late = []
+            while self._ready and (everything or now - self._ready[0].claimed_at >= GIVE_BACK_S):
+                late.append(self._ready.popleft())
+            if late:
+                self._room.notify()
+            record = self._done if (everything or now - self._flushed_at >= FLUSH_S) else []
+            if record:
+                self._done = []
+                self._flushed_at = now
+            renew = []
+            if now - self._renewed_at >= self.settings.lease_ms / 1000 / 3:
+                renew = [claim for claim, _ in self._busy.values()]
+                self._renewed_at = now
         try:
-            return fn(*args)
-        finally:
-            self.release()
+            if late:
+                self._give_back(late)
+            if record:
+                self._record(record)
+                record = []
+            # Sends to slow receivers keep their leases; a killed consumer
+            # stops renewing and recovery takes them back.
+            for claims in _by_home_shard(renew, lambda claim: claim.timer_id):
+                self.store.renew(claims, self.settings.lease_ms)
+        except REDIS_ERRORS as exc:
+            log.warning("consumer upkeep failed", extra={"error": str(exc)})
+            with self._lock:
+                self._done[:0] = record
+
+    def _give_back(self, late):
+        """Release ``late`` (:class:`Waiting`) unsent and put them back at the head of their queues.
+
+        A timer cancelled or taken back by recovery meanwhile is no longer this
+        consumer's: the release leaves it alone, and it is not given back.
+        """
+        visibility_ms = int(self.settings.visibility_seconds * 1000)
+        released = set()
+        for group in _by_home_shard(late, lambda waiting: waiting.claim.timer_id):
+            released.update(self.store.release([waiting.claim for waiting in group], visibility_ms))
+        late = sorted((w for w in late if w.claim.timer_id in released), key=lambda w: w.queue_index)
+        for queue_index, group in itertools.groupby(late, key=lambda w: w.queue_index):
+            ids = [w.claim.timer_id for w in group]
+            for k in range(0, len(ids), MAX_TIMERS_PER_MESSAGE):
+                self.store.give_back(queue_index, ids[k:k + MAX_TIMERS_PER_MESSAGE])
+        log.info("timers given back", extra={"timers": len(released), "waited_s": GIVE_BACK_S})
+
+    def _record(self, sent):
+        """Record the outcomes of ``sent`` attempts, one script per home shard."""
+        for group in _by_home_shard(sent, lambda s: s.finish.timer_id):
+            _record(self.store, self.settings.retry_limits, group)
+
+    def close(self, timeout_s):
+        """Stop for a graceful shutdown: give back waiting timers, let sends end, record them.
+
+        Args:
+            timeout_s: seconds (monotonic) the sends in flight get.
+        Returns:
+            True when every send ended and was recorded in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._closing = True
+        self.upkeep(everything=True)
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._busy)
+            if not busy:
+                break
+            time.sleep(UPKEEP_S)
+        self.upkeep(everything=True)
+        with self._lock:
+            return not self._busy and not self._done
 
 
-def fire_timers(timer_ids, store, sender, settings, senders, queue_index):
-    """Run one delivery attempt of each of ``timer_ids`` that is due and unclaimed, as senders allow.
-
-    The first as many timers as there are free senders (waiting at most
-    :data:`GIVE_BACK_S` for one) are claimed and sent at once; the others go
-    back to the head of the queue they came from, unclaimed (``TimerStore.give_back``).
-    A retry goes back into the due index (by :meth:`TimerStore.finish`); a
-    message for a timer that is not yet due (a stale duplicate) is dropped,
-    since the due index feeds the timer again when it is due.
-
-    Args:
-        timer_ids: ids of timers of one shard.
-        store: ``sharding.store.TimerStore``.
-        sender: ``workers.delivery.Sender``.
-        settings: ``sharding.config.Settings``.
-        senders: the consumer's :class:`Senders`.
-        queue_index: the shard whose queue the message came from.
-    Returns:
-        list with, per timer, the status it was left in (``fired``,
-        ``retrying``, ``failed``), ``given back``, or the reason nothing was
-        sent (``early``, ``fired``, ``missing`` ...).
-    Raises:
-        redis.exceptions.RedisError: Redis unreachable; recovery redelivers.
-    """
-    taken = senders.take(len(timer_ids), GIVE_BACK_S)
-    statuses = dict.fromkeys(timer_ids[taken:], "given back")
-    try:
-        if statuses:
-            store.give_back(queue_index, timer_ids[taken:])
-        claims = store.claim(timer_ids[:taken], settings.lease_ms) if taken else []
-    except BaseException:
-        senders.release(taken)
-        raise
-    claimed_at = time.monotonic()
-    sends = {}
-    for claim in claims:
-        if claim.status == "firing":
-            sends[senders.submit(_attempt, claim, claimed_at, sender, settings)] = claim
-        else:
-            senders.release()
-            log.info("timer not claimable", extra={"timer_id": claim.timer_id, "status": claim.status})
-            statuses[claim.timer_id] = claim.status
-    pending, flushed_at, renewed_at = [], claimed_at, claimed_at
-    renew_s = settings.lease_ms / 1000 / 3
-    try:
-        while sends:
-            done, _ = concurrent.futures.wait(sends, timeout=FLUSH_S,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                del sends[future]
-                pending.append(future.result())
-            now = time.monotonic()
-            if pending and now - flushed_at >= FLUSH_S:
-                _record(store, settings.retry_limits, pending, statuses)
-                pending, flushed_at = [], now
-            if sends and now - renewed_at >= renew_s:
-                # Sends to slow receivers keep their leases; a killed
-                # consumer stops renewing and recovery takes them back.
-                store.renew(list(sends.values()), settings.lease_ms)
-                renewed_at = now
-    finally:
-        if pending:
-            _record(store, settings.retry_limits, pending, statuses)
-    return [statuses[timer_id] for timer_id in timer_ids]
+def _by_home_shard(items, timer_id):
+    """``items`` grouped into lists of one home shard each (``timer_id(item)`` gives its timer)."""
+    groups = {}
+    for item in items:
+        groups.setdefault(home_shard(timer_id(item)), []).append(item)
+    return list(groups.values())
 
 
-def _attempt(claim, claimed_at, sender, settings):
+def _attempt(claim, claimed_at, sender):
     """Send one attempt of ``claim`` (claimed at monotonic ``claimed_at``); returns :class:`Sent`."""
     late_s = (claim.now_ms - claim.fire_at_ms) / 1000 + time.monotonic() - claimed_at
     if claim.attempt == 1:
@@ -194,19 +300,18 @@ def _attempt(claim, claimed_at, sender, settings):
                        claim.now_ms), outcome, claim, late_s)
 
 
-def _record(store, limits, pending, statuses):
-    """Record the outcomes of ``pending`` attempts in one script (``limits``: the default
-    ``RetryLimits``), count them, then log them."""
+def _record(store, limits, pending):
+    """Record the outcomes of ``pending`` attempts of one shard in one script (``limits``: the
+    default ``RetryLimits``), count them, then log them."""
     results = store.finish([sent.finish for sent in pending], limits)
+    # An attempt no longer applied was cut off: recovery took the timer back and counts its retry.
+    # Counted once per status and batch: each increment is a locked write to the metrics file.
+    counts = collections.Counter(status for applied, status, _ in results if applied)
+    for status, count in counts.items():
+        _ATTEMPTS[status].inc(count)
+        if status in _FINAL_COUNTER:
+            _FINAL_COUNTER[status].inc(count)
     for (finish, outcome, claim, late_s), (applied, status, next_ms) in zip(pending, results, strict=True):
-        statuses[finish.timer_id] = status
-        # An attempt no longer applied was cut off: recovery took the timer back and counts its retry.
-        if applied:
-            metrics.WEBHOOK_ATTEMPTS.labels(_ATTEMPT_LABEL[status]).inc()
-            if status == "fired":
-                metrics.TIMER_FIRED.inc()
-            elif status == "failed":
-                metrics.TIMER_FAILED.inc()
         # Successes are DEBUG: a JSON line per webhook costs as much CPU as the
         # rest of the bookkeeping (docs/BENCHMARKS.md).
         level = logging.DEBUG if outcome.kind == "ok" and applied else logging.INFO
@@ -223,15 +328,14 @@ def _record(store, limits, pending, statuses):
             logs.request_id.reset(token)
 
 
-def register(huey, store, sender, settings, senders, index):
+def register(huey, dispatcher, index):
     """Register the ``fire`` task on ``huey`` (shard ``index``'s Huey) and bind its messages to it.
 
-    The consumer's webhooks are sent by ``senders`` (:class:`Senders`),
-    shared by its Huey worker threads.
+    The task hands each message's timers to ``dispatcher`` (:class:`Dispatcher`).
     """
 
     def fire(timer_ids):
-        return fire_timers(timer_ids, store, sender, settings, senders, index)
+        return dispatcher.take(timer_ids, index)
 
     task = huey.task(name="fire")(fire)
     huey.serializer.bind(task)

@@ -3,8 +3,8 @@
 -- ms, then the ids (records: KEYS[7..]).
 -- One entry per id: {status} when not claimable, {'early', due} when not yet
 -- due, {'firing', attempts, url, fire, now, request id, attempts since the last
--- re-drive, body, content type, headers} when claimed (the payload fields false
--- when the timer has none).
+-- re-drive, body, content type, headers, status before the claim} when claimed
+-- (the payload fields false when the timer has none).
 --! include now
 local out = {}
 local lease = now + tonumber(ARGV[1])
@@ -27,7 +27,7 @@ for i = 3, #ARGV do
       redis.call('ZREM', KEYS[3], id)
       redis.call('ZADD', KEYS[2], lease, id)
       out[#out + 1] = {'firing', attempts, r[4], r[3], now, r[5] or '', attempts - tonumber(r[6] or 0),
-                        r[7], r[8], r[9]}
+                        r[7], r[8], r[9], r[1]}
     end
   end
 end
