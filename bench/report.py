@@ -71,7 +71,6 @@ def _cpu_lines(details):
             lines.append(
                 f"cpu per create{where}: product api {_median(c['product_api_cpu_ms_per_201']):.2f} ms + "
                 f"redis {_median(c['product_redis_cpu_ms_per_201']):.2f} ms; baseline api "
-
                 f"{_median(c['baseline_api_cpu_ms_per_201']):.2f} ms + redis "
                 f"{_median(c['baseline_redis_cpu_ms_per_201']):.2f} ms")
         f = details.get(prefix + "fire_ratio")
@@ -149,7 +148,6 @@ def table(document):
     lines += notes
     lines += _cluster_lines(document)
     lines += _cpu_lines(document["details"])
-
     lines += _speed_lines(document)
     lines.append("")
     machine = document["machine"]
@@ -176,7 +174,6 @@ def _throughput_bars(ax, document, name, product_key, baseline_key, ylabel):
 
 
 def plots(document, lateness_samples, directory):
-
     """Draw ``throughput.png`` (product vs baseline per run, on one server above and on the
     cluster below) and ``lateness.png`` (histogram and CDF).
 
@@ -197,7 +194,6 @@ def plots(document, lateness_samples, directory):
     for row, prefix in enumerate(("", "cluster_")):
         for column, (name, product_key, baseline_key, ylabel) in enumerate(panels):
             _throughput_bars(axes[row][column], document, prefix + name, product_key, baseline_key, ylabel)
-
     fig.suptitle(f"timer-service throughput vs baselines ({document['scale']}): one Redis, then the cluster")
     fig.tight_layout()
     path = os.path.join(directory, "throughput.png")

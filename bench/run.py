@@ -152,7 +152,6 @@ CLUSTER_NOTE = ("cluster_create_ratio and cluster_fire_ratio: the product with R
                 "against the same baselines measured again alternately: bench.baseline_app on the single "
                 "redis-server, and bare requests senders with the pool's concurrency.")
 # Closed-loop load of the create benchmarks: processes x threads of bench.loadgen.
-
 CREATE_LOAD = {"processes": 2, "threads": 4}
 
 
@@ -263,7 +262,6 @@ class Budget:
             self.skipped[name] = self.skipped.get(name, 0) + 1
             log.warning("run skipped to stay within the time budget", extra={
                 "benchmark": name, "runs_done": done, "budget_s": self.total_s + self.cluster_s})
-
         return ok
 
 
@@ -384,7 +382,6 @@ def store_batch(shard, count, delay_ms, url, request_id=new_request_id):
             # The ARGV of Shard's own create on a cluster: no fire time, no longest delay, no fields.
             shard.create_reserved(keys=[shard.record_key(timer_id), shard.due_key],
                                   args=[timer_id, url, delay(), request_id(), "", ""], client=pipe)
-
         return pipe.execute()
 
     return shard.topology.on_node(shard.redis, shard.seq_key, work)
@@ -414,8 +411,6 @@ def shard_shares(start, count, shards):
         list of ``shards`` ints (index: the shard), summing to ``count``.
     """
     return [len(range((index - start) % shards, count, shards)) for index in range(shards)]
-
-
 
 
 def _populate_create(store, count, shards, delay_ms, url, threads=4):
@@ -538,7 +533,6 @@ def bench_create(product, baseline, redis_pids, scale, name="create_ratio", pair
         "runs": len(product),
         "duration_s": scale.create_duration_s,
         "load": dict(CREATE_LOAD),
-
         "baseline_record_fields": list(record_fields()),
         "product_rps": [round(p["rps"], 1) for p in product],
         "baseline_rps": [round(b["rps"], 1) for b in baseline],
@@ -765,7 +759,6 @@ def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_p
                 product.append(run)
             else:
                 baseline.append(fire_baseline_run(receiver, timers, processes, threads, redis_pids))
-
             log.info("fire run", extra={"who": who, **(product[-1] if who == "product" else baseline[-1])})
             time.sleep(0.3)  # let the last outcomes be recorded before the next run
         order.append(list(first))
@@ -1237,7 +1230,6 @@ def _log_dirs(work, *names):
 
 
 def _step(name, errors, func, *args, load=None):
-
     """Run one benchmark; on failure log it, record the error and return None.
 
     ``load`` (a dict) gets the 1-minute load average before and after, under ``name``.
@@ -1333,7 +1325,6 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
             metrics.update(cluster_metrics)
             details.update(cluster_details)
     finally:
-
         for service in (product, baseline):
             if service:
                 service.stop()
@@ -1357,7 +1348,6 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
                    "api_connections": settings.api_connections, "populate": populate_mode,
                    "sizes": dataclasses.asdict(scale)},
         "cluster": cluster_layout,
-
         "machine_speed": machine_speed(details),
         "sizes_chosen": sizes_chosen(scale, details),
         "metrics": metrics,
