@@ -2,7 +2,8 @@
 # make run-cluster - the same on a local Redis Cluster (3 masters + 3 replicas in TIMER_DATA_DIR/cluster)
 # make test - install requirements-dev.txt into .venv and run the test suite
 # make bench / make bench-quick - install requirements-dev.txt and requirements-bench.txt,
-#   then run the benchmarks (full: at most 15 min; quick: about 2 min; BENCH_SCALE=tiny: ~30 s)
+#   then run the benchmarks on one Redis, then create and fire again on a local 3-master cluster
+#   (full: at most 18 min, 4 of them on the cluster; quick: about 3 min; BENCH_SCALE=tiny: ~50 s)
 # make bench-dashboard - the dashboard's pages with 100,000 pending timers (~1 min)
 PYTHON ?= python3
 VENV := .venv

@@ -6,8 +6,11 @@ import os
 
 log = logging.getLogger("bench.report")
 
-_ROWS = ("create_ratio", "fire_ratio", "lateness_p50_s", "lateness_p99_s", "lateness_max_s",
-         "bytes_per_timer", "recovery_s_per_million")
+_ROWS = ("create_ratio", "fire_ratio", "cluster_create_ratio", "cluster_fire_ratio", "lateness_p50_s",
+         "lateness_p99_s", "lateness_max_s", "bytes_per_timer", "recovery_s_per_million")
+# The step whose failure also fails a row (the lateness runs give three rows; the cluster's start two).
+_STEP_OF = {"lateness_p50_s": "lateness", "lateness_p99_s": "lateness", "lateness_max_s": "lateness",
+            "cluster_create_ratio": "cluster", "cluster_fire_ratio": "cluster"}
 
 
 def _fmt(value, unit=""):
@@ -24,11 +27,11 @@ def _fmt(value, unit=""):
 
 def _detail(document, name):
     d = document["details"]
-    if name == "create_ratio" and name in d:
+    if name in ("create_ratio", "cluster_create_ratio") and name in d:
         c = d[name]
         return (f"product {c['product_rps_median']:.0f} rps / baseline {c['baseline_rps_median']:.0f} rps, "
                 f"{c['runs']} pairs x {c['duration_s']:g} s")
-    if name == "fire_ratio" and name in d:
+    if name in ("fire_ratio", "cluster_fire_ratio") and name in d:
         f = d[name]
         drained = _median(r["seconds"] for r in f["baseline_runs"])
         return (f"product {_median(f['product_rate']):.0f}/s / baseline {_median(f['baseline_rate']):.0f}/s, "
@@ -60,22 +63,36 @@ def _median(values):
 
 
 def _cpu_lines(details):
-    """CPU cost per operation (median over runs), where measured."""
+    """CPU cost per operation (median over runs), where measured: on one server, then on the cluster."""
     lines = []
-    c = details.get("create_ratio")
-    if c and _median(c["product_api_cpu_ms_per_201"]) is not None:
-        lines.append(
-            f"cpu per create: product api {_median(c['product_api_cpu_ms_per_201']):.2f} ms + redis "
-            f"{_median(c['product_redis_cpu_ms_per_201']):.2f} ms; baseline api "
-            f"{_median(c['baseline_api_cpu_ms_per_201']):.2f} ms + redis "
-            f"{_median(c['baseline_redis_cpu_ms_per_201']):.2f} ms")
-    f = details.get("fire_ratio")
-    if f and _median(f["product_cpu_ms_per_webhook"]) is not None:
-        lines.append(
-            f"cpu per webhook: product pool {_median(f['product_cpu_ms_per_webhook']):.2f} ms + redis "
-            f"{_median(r['redis_cpu_ms'] for r in f['product_runs']):.2f} ms; baseline senders "
-            f"{_median(f['baseline_cpu_ms_per_webhook']):.2f} ms")
+    for prefix, where in (("", ""), ("cluster_", " (cluster: redis = its 6 nodes)")):
+        c = details.get(prefix + "create_ratio")
+        if c and _median(c["product_api_cpu_ms_per_201"]) is not None:
+            lines.append(
+                f"cpu per create{where}: product api {_median(c['product_api_cpu_ms_per_201']):.2f} ms + "
+                f"redis {_median(c['product_redis_cpu_ms_per_201']):.2f} ms; baseline api "
+                f"{_median(c['baseline_api_cpu_ms_per_201']):.2f} ms + redis "
+                f"{_median(c['baseline_redis_cpu_ms_per_201']):.2f} ms")
+        f = details.get(prefix + "fire_ratio")
+        if f and _median(f["product_cpu_ms_per_webhook"]) is not None:
+            lines.append(
+                f"cpu per webhook{where}: product pool {_median(f['product_cpu_ms_per_webhook']):.2f} ms + "
+                f"redis {_median(r['redis_cpu_ms'] for r in f['product_runs']):.2f} ms; baseline senders "
+                f"{_median(f['baseline_cpu_ms_per_webhook']):.2f} ms")
     return lines
+
+
+def _cluster_lines(document):
+    """What the cluster rows compared: where the shards were, and the baselines."""
+    layout = document.get("cluster")
+    if not layout:
+        return []
+    spread = "/".join(str(n) for n in sorted((layout.get("shards_per_master") or {}).values(), reverse=True))
+    return [f"cluster rows: the product's {document['config']['shards']} shards on a local cluster of "
+            f"{layout['masters']} masters + {layout['nodes'] - layout['masters']} replicas (AOF on; "
+            f"shards per master {spread or 'n/a'}; started in {layout['start_s']:.1f} s), against the same "
+            "baselines measured again side by side: bench.baseline_app on the single redis-server, bare "
+            "requests senders with the pool's concurrency"]
 
 
 def _speed_lines(document):
@@ -119,7 +136,7 @@ def table(document):
             goal = f"{target['op']} {target['target']:g}"
         else:
             verdict, goal = "-", "-"
-        if document["errors"].get(name) or (name.startswith("lateness") and "lateness" in document["errors"]):
+        if name in document["errors"] or _STEP_OF.get(name) in document["errors"]:
             verdict = "ERROR"
         rows.append((name, f"{_fmt(value, unit)} {unit}".strip(), goal, verdict, _detail(document, name)))
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
@@ -129,6 +146,7 @@ def table(document):
     passed = sum(t["pass"] for t in targets.values())
     enforced = "" if document["targets_enforced"] else " (not enforced at this scale)"
     lines += notes
+    lines += _cluster_lines(document)
     lines += _cpu_lines(document["details"])
     lines += _speed_lines(document)
     lines.append("")
@@ -141,8 +159,23 @@ def table(document):
     return "\n".join(lines)
 
 
+def _throughput_bars(ax, document, name, product_key, baseline_key, ylabel):
+    """Bars of benchmark ``name``'s product and baseline rates per pair on ``ax`` (matplotlib Axes)."""
+    data = document["details"].get(name)
+    ax.set_title(name + (f" = {document['metrics'][name]:.3f}" if data else " (no data)"))
+    ax.set_ylabel(ylabel)
+    if not data:
+        return
+    runs = range(len(data[product_key]))
+    ax.bar([r - 0.2 for r in runs], data[product_key], width=0.4, label="product")
+    ax.bar([r + 0.2 for r in runs], data[baseline_key], width=0.4, label="baseline")
+    ax.set_xticks(list(runs), [f"pair {r + 1}" for r in runs])
+    ax.legend()
+
+
 def plots(document, lateness_samples, directory):
-    """Draw ``throughput.png`` (product vs baseline per run) and ``lateness.png`` (histogram and CDF).
+    """Draw ``throughput.png`` (product vs baseline per run, on one server above and on the
+    cluster below) and ``lateness.png`` (histogram and CDF).
 
     Args:
         lateness_samples: every delivered timer's lateness in seconds.
@@ -155,22 +188,13 @@ def plots(document, lateness_samples, directory):
     import matplotlib.pyplot as plt
 
     written = []
-    details = document["details"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, product_key, baseline_key, ylabel in (
-            (axes[0], "create_ratio", "product_rps", "baseline_rps", "POST /timers 201s per second"),
-            (axes[1], "fire_ratio", "product_rate", "baseline_rate", "webhooks delivered per second")):
-        data = details.get(key)
-        ax.set_title(key + (f" = {document['metrics'][key]:.3f}" if data else " (no data)"))
-        ax.set_ylabel(ylabel)
-        if not data:
-            continue
-        runs = range(len(data[product_key]))
-        ax.bar([r - 0.2 for r in runs], data[product_key], width=0.4, label="product")
-        ax.bar([r + 0.2 for r in runs], data[baseline_key], width=0.4, label="baseline")
-        ax.set_xticks(list(runs), [f"pair {r + 1}" for r in runs])
-        ax.legend()
-    fig.suptitle(f"timer-service throughput vs baselines ({document['scale']})")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.4))
+    panels = (("create_ratio", "product_rps", "baseline_rps", "POST /timers 201s per second"),
+              ("fire_ratio", "product_rate", "baseline_rate", "webhooks delivered per second"))
+    for row, prefix in enumerate(("", "cluster_")):
+        for column, (name, product_key, baseline_key, ylabel) in enumerate(panels):
+            _throughput_bars(axes[row][column], document, prefix + name, product_key, baseline_key, ylabel)
+    fig.suptitle(f"timer-service throughput vs baselines ({document['scale']}): one Redis, then the cluster")
     fig.tight_layout()
     path = os.path.join(directory, "throughput.png")
     fig.savefig(path, dpi=100)
@@ -182,8 +206,9 @@ def plots(document, lateness_samples, directory):
         ordered = sorted(lateness_samples)
         axes[0].hist(ordered, bins=60)
         axes[1].plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))])
+        target = document["targets"]["lateness_p99_s"]["target"]
         for ax in axes:
-            ax.axvline(1.0, color="red", linestyle="--", label="target p99 1 s")
+            ax.axvline(target, color="red", linestyle="--", label=f"target p99 {target:g} s")
             ax.legend()
         lt = document["metrics"]
         axes[1].set_title(f"CDF: p50 {_fmt(lt.get('lateness_p50_s'))} s, "

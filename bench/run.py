@@ -45,17 +45,34 @@ are honoured), and measures:
     work time: calibration passes measure the pass rate, and N takes
     ``Scale.recovery_work_s`` seconds at it.
 
+``cluster_create_ratio``, ``cluster_fire_ratio``
+    after the single-Redis benchmarks, ``create_ratio`` and ``fire_ratio``
+    again with the product's shards on a local Redis Cluster
+    (``sharding.local_cluster``: 3 masters + 3 replicas, AOF on as the single
+    server; ``REDIS_CLUSTER_URL`` instead of ``REDIS_URL``, every other
+    setting the same, so the same ``TIMER_SHARDS`` and the same pool
+    concurrency), against the same bare baselines, measured again side by
+    side in alternating pairs: ``bench.baseline_app`` on the single
+    ``redis-server`` (the bare stack a cluster has to come close to), and
+    the bare ``requests`` senders with the pool's concurrency. The cluster's
+    backlog is the size the single-Redis fire sizing chose (its calibration
+    is of the same baseline); Redis CPU is that of all six nodes.
+
 Sizes follow this machine's speed (``bench.sizing``), so that a faster
 machine measures the same thing rather than shorter runs dominated by fixed
 latencies; the JSON records the machine's speed (``machine_speed``: the
 baselines' rates) and the sizes chosen (``sizes_chosen``).
 
 Timers for ``fire_ratio``, ``bytes_per_timer`` and ``recovery_s_per_million``
-are stored by the product's own create script (``Shard.create``, the Lua
-script ``TimerStore.create`` runs), pipelined in batches with ids reserved
-by one ``INCRBY`` of the same counter: the same keys, fields and values as
-``TimerStore.create``, which costs two round trips per timer and would not
-fit the time budget on 2 cores (``--populate create`` uses it anyway).
+are stored by the product's own create scripts, pipelined per shard in
+batches (``store_batch``): on one server ``create.lua`` (``Shard.create``,
+the script ``TimerStore.create`` runs); on the cluster, as the product does
+there, ``reserve_id.lua`` then ``create_reserved.lua``, each batch a pipeline
+on a plain connection to the shard's master (every key of a shard shares its
+slot). The same keys, fields and values as ``TimerStore.create``
+(``populate_equivalence`` checks it), which costs one or two round trips per
+timer and would not fit the time budget on 2 cores (``--populate create``
+uses it anyway).
 
 Alongside, CPU milliseconds per operation (from ``/proc``) of the API, the
 consumer pool, the baselines and Redis, to show where the time goes.
@@ -69,6 +86,7 @@ Logs are JSON lines on stderr. Exit status: 1 when a measurement failed, or
 
 import argparse
 import calendar
+import collections
 import dataclasses
 import datetime
 import importlib.metadata
@@ -99,9 +117,10 @@ from bench.fast_receiver import FastReceiver
 from bench.sizing import LATENESS_SHARE_OF_CREATE_RATE, lateness_rate, steady_rate, timers_for_work
 from sharding import config, logs
 from sharding.balancer import LeastBusy
+from sharding.local_cluster import LocalCluster
 from sharding.recovery import recover
-from sharding.store import FEED_BATCH, TimerStore, now_ms
-from tests.harness import BIN, RedisServer, Service, json_lines, wait_until
+from sharding.store import FEED_BATCH, ID_EPOCH_UNITS, TimerStore, now_ms
+from tests.harness import BIN, RedisServer, Service, empty_cluster, free_cluster_port, json_lines, wait_until
 
 log = logging.getLogger("bench.run")
 
@@ -115,15 +134,25 @@ POPULATE_PROCESSES = 3
 # generator's concurrency does not set the rate reached.
 LATENESS_CONNECTION_RPS = 32
 
+# Issue 16's table.
 TARGETS = {
-    "create_ratio": (">=", 0.8),
-    "fire_ratio": (">=", 0.8),
-    "lateness_p99_s": ("<=", 1.0),
+    "create_ratio": (">=", 0.85),
+    "fire_ratio": (">=", 0.85),
+    "lateness_p99_s": ("<=", 0.25),
     "bytes_per_timer": ("<=", 300),
-    "recovery_s_per_million": ("<=", 60),
+    "recovery_s_per_million": ("<=", 30),
+    "cluster_create_ratio": (">=", 0.75),
+    "cluster_fire_ratio": (">=", 0.75),
 }
 UNITS = {"create_ratio": "x", "fire_ratio": "x", "lateness_p50_s": "s", "lateness_p99_s": "s",
-         "lateness_max_s": "s", "bytes_per_timer": "B", "recovery_s_per_million": "s"}
+         "lateness_max_s": "s", "bytes_per_timer": "B", "recovery_s_per_million": "s",
+         "cluster_create_ratio": "x", "cluster_fire_ratio": "x"}
+CLUSTER_NOTE = ("cluster_create_ratio and cluster_fire_ratio: the product with REDIS_CLUSTER_URL on a local "
+                "cluster of 3 masters + 3 replicas (AOF on), every other setting as the single-Redis run, "
+                "against the same baselines measured again alternately: bench.baseline_app on the single "
+                "redis-server, and bare requests senders with the pool's concurrency.")
+# Closed-loop load of the create benchmarks: processes x threads of bench.loadgen.
+CREATE_LOAD = {"processes": 2, "threads": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +166,11 @@ class Scale:
     up to ``fire_max_timers`` / ``recovery_max_timers``. Lateness runs at
     half the create rate the product reached in the same run.
     ``memory_timers`` is a fixed count: bytes per timer is a size, not a speed.
+    The cluster part runs ``cluster_create_pairs`` create pairs of
+    ``create_duration_s`` each and ``cluster_fire_pairs`` fire pairs of the
+    backlog the single-Redis fire sizing chose. ``budget_s`` is the
+    single-Redis part's time budget, ``cluster_budget_s`` the cluster part's
+    (starting the cluster included).
     """
 
     name: str
@@ -154,8 +188,11 @@ class Scale:
     recovery_work_s: float
     recovery_max_timers: int
     recovery_runs: int
+    cluster_create_pairs: int
+    cluster_fire_pairs: int
     enforce_targets: bool
     budget_s: float
+    cluster_budget_s: float
 
 
 # Least backlog of a fire run, whatever the calibration measured.
@@ -169,48 +206,62 @@ SCALES = {
                   fire_max_timers=10_000, fire_pairs=1, lateness_duration_s=2.0, lateness_runs=1,
                   memory_timers=5_000, memory_runs=1, recovery_calibration_timers=2_000,
                   recovery_work_s=0.3, recovery_max_timers=50_000, recovery_runs=1,
-                  enforce_targets=False, budget_s=45),
+                  cluster_create_pairs=1, cluster_fire_pairs=1,
+                  enforce_targets=False, budget_s=45, cluster_budget_s=20),
     "quick": Scale("quick", create_duration_s=2.0, create_pairs=5, fire_calibration_s=1.5, fire_work_s=5.0,
                    fire_max_timers=60_000, fire_pairs=3, lateness_duration_s=10.0, lateness_runs=1,
                    memory_timers=100_000, memory_runs=1, recovery_calibration_timers=30_000,
                    recovery_work_s=3.0, recovery_max_timers=400_000, recovery_runs=2,
-                   enforce_targets=True, budget_s=115),
+                   cluster_create_pairs=3, cluster_fire_pairs=2,
+                   enforce_targets=True, budget_s=115, cluster_budget_s=60),
     "full": Scale("full", create_duration_s=5.0, create_pairs=5, fire_calibration_s=3.0, fire_work_s=20.0,
                   fire_max_timers=250_000, fire_pairs=3, lateness_duration_s=60.0, lateness_runs=2,
                   memory_timers=1_000_000, memory_runs=1, recovery_calibration_timers=100_000,
                   recovery_work_s=10.0, recovery_max_timers=1_500_000, recovery_runs=3,
-                  enforce_targets=True, budget_s=840),
+                  cluster_create_pairs=5, cluster_fire_pairs=3,
+                  enforce_targets=True, budget_s=840, cluster_budget_s=240),
 }
 
 
 class Budget:
     """The run's time budget: a run beyond a benchmark's first is skipped when it would end
-    after that benchmark's share of ``Scale.budget_s`` (a busy machine then yields fewer runs,
+    after that benchmark's share of its part's budget (a busy machine then yields fewer runs,
     which the JSON records, rather than a harness that overruns its time).
+
+    Two parts run one after the other: single Redis (``total_s``), then the cluster
+    (``cluster_s``, from the end of the first part's budget).
     """
 
-    # Share of the budget spent when each benchmark should be done (they run in this order).
+    # Share of its part's budget spent when each benchmark should be done (they run in this order).
     SHARES = {"create_ratio": 0.32, "fire_ratio": 0.72, "lateness": 0.84, "bytes_per_timer": 0.88,
               "recovery_s_per_million": 0.97}
+    CLUSTER_SHARES = {"cluster_create_ratio": 0.4, "cluster_fire_ratio": 0.97}
 
-    def __init__(self, total_s=math.inf):
-        self.start(total_s)
+    def __init__(self, total_s=math.inf, cluster_s=0.0):
+        self.start(total_s, cluster_s)
 
-    def start(self, total_s):
-        """Start the clock of a budget of ``total_s`` seconds."""
+    def start(self, total_s, cluster_s=0.0):
+        """Start the clock: ``total_s`` seconds for the single-Redis part, then ``cluster_s``."""
         self.started = time.monotonic()
         self.total_s = total_s
+        self.cluster_s = cluster_s
         self.skipped = {}
+
+    def deadline(self, name):
+        """Monotonic time by which benchmark ``name`` should be done."""
+        if name in self.CLUSTER_SHARES:
+            return self.started + self.total_s + self.CLUSTER_SHARES[name] * self.cluster_s
+        return self.started + self.SHARES[name] * self.total_s
 
     def another(self, name, done, last_s):
         """Whether benchmark ``name`` may start run ``done + 1`` (its last run took ``last_s`` seconds)."""
         if done == 0:
             return True
-        ok = time.monotonic() + last_s <= self.started + self.SHARES[name] * self.total_s
+        ok = time.monotonic() + last_s <= self.deadline(name)
         if not ok:
             self.skipped[name] = self.skipped.get(name, 0) + 1
             log.warning("run skipped to stay within the time budget", extra={
-                "benchmark": name, "runs_done": done, "budget_s": self.total_s})
+                "benchmark": name, "runs_done": done, "budget_s": self.total_s + self.cluster_s})
         return ok
 
 
@@ -256,9 +307,9 @@ def populate(store, count, shards, delay_ms, url=HOOK_URL, mode="pipeline", proc
         delay_ms: milliseconds from now (Redis clock) to the fire time: an
             int, or a callable returning it, called for every timer just
             before it is queued for sending.
-        mode: ``pipeline``: the product's create script (``Shard.create``)
-            pipelined, ``POPULATE_BATCH`` timers per round trip, in ``processes``
-            forked processes;
+        mode: ``pipeline``: the product's create scripts pipelined per shard
+            (:func:`store_batch`), ``POPULATE_BATCH`` timers per batch, in
+            ``processes`` forked processes;
             ``create``: ``TimerStore.create`` one by one in 4 threads.
     Returns:
         (earliest, latest) fire time the script returned, epoch ms.
@@ -291,7 +342,49 @@ def populate(store, count, shards, delay_ms, url=HOOK_URL, mode="pipeline", proc
 
 def _fresh_store(store):
     """A new ``TimerStore`` like ``store`` (own connections, e.g. in a forked child)."""
-    return TimerStore(store.url, store.retention_ms / 1000)
+    return TimerStore(store.url, store.retention_ms / 1000, cluster=store.topology.declared_keys_only,
+                      live_shards=store.live_shards)
+
+
+def store_batch(shard, count, delay_ms, url, request_id=new_request_id):
+    """Store ``count`` timers on ``shard`` with the product's create scripts, pipelined.
+
+    On one server ``create.lua`` (``Shard.create_timer`` on a pipeline): one
+    round trip. Where scripts may touch only the keys in ``KEYS`` (a cluster:
+    ``topology.declared_keys_only``), as ``Shard`` does there: ``reserve_id.lua``
+    for every id in one pipeline, then ``create_reserved.lua`` for every timer
+    in a second one; both on a plain connection to the master of the shard's
+    slot (``topology.on_node``), which holds every key of the shard.
+
+    Args:
+        shard: ``sharding.store.Shard``.
+        delay_ms: as :func:`populate`'s, computed per timer as it is queued.
+        url: the webhook url of every timer.
+        request_id: callable returning each timer's request id (default: a new one, as the API's).
+    Returns:
+        list of [timer id, fire time epoch ms, now epoch ms], one per timer.
+    """
+    def delay():
+        return int(delay_ms() if callable(delay_ms) else delay_ms)
+
+    def work(node):
+        if not shard.topology.declared_keys_only:
+            pipe = node.pipeline(transaction=False)
+            for _ in range(count):
+                shard.create_timer(url, delay(), request_id(), client=pipe)
+            return pipe.execute()
+        pipe = node.pipeline(transaction=False)
+        for _ in range(count):
+            shard.reserve_id(keys=[shard.seq_key], args=[shard.index, ID_EPOCH_UNITS], client=pipe)
+        ids = pipe.execute()
+        pipe = node.pipeline(transaction=False)
+        for timer_id in ids:
+            # The ARGV of Shard's own create on a cluster: no fire time, no longest delay, no fields.
+            shard.create_reserved(keys=[shard.record_key(timer_id), shard.due_key],
+                                  args=[timer_id, url, delay(), request_id(), "", ""], client=pipe)
+        return pipe.execute()
+
+    return shard.topology.on_node(shard.redis, shard.seq_key, work)
 
 
 def _populate_pipelined(store, count, shards, delay_ms, url):
@@ -302,20 +395,22 @@ def _populate_pipelined(store, count, shards, delay_ms, url):
     done = 0
     while done < count:
         n = min(batch, count - done)
-        pipes = {}
-        for k in range(n):
-            index = (done + k) % shards
-            shard = store.shard(index)
-            pipe = pipes.get(index)
-            if pipe is None:
-                pipe = pipes[index] = shard.redis.pipeline(transaction=False)
-            delay = int(delay_ms() if callable(delay_ms) else delay_ms)
-            shard.create_timer(url, delay, new_request_id(), client=pipe)
-        for pipe in pipes.values():
-            fires = [int(fire) for _, fire, _ in pipe.execute()]
-            earliest, latest = min(earliest, *fires), max(latest, *fires)
+        for index, mine in enumerate(shard_shares(done, n, shards)):
+            if mine:
+                fires = [int(fire) for _, fire, _ in store_batch(store.shard(index), mine, delay_ms, url)]
+                earliest, latest = min(earliest, *fires), max(latest, *fires)
         done += n
     return earliest, latest
+
+
+def shard_shares(start, count, shards):
+    """How many of the timers numbered ``start`` .. ``start + count - 1`` each shard gets, when
+    timer k goes to shard ``k % shards`` (timers spread over the shards in turn).
+
+    Returns:
+        list of ``shards`` ints (index: the shard), summing to ``count``.
+    """
+    return [len(range((index - start) % shards, count, shards)) for index in range(shards)]
 
 
 def _populate_create(store, count, shards, delay_ms, url, threads=4):
@@ -394,12 +489,15 @@ def _wait_aof_idle(client, timeout_s=120):
 # ---------------------------------------------------------------- create_ratio
 
 
-def bench_create(product, baseline, redis_pid, scale, gen):
-    """Alternating closed-loop ``POST /timers`` runs on the product and the baseline.
+def bench_create(product, baseline, redis_pids, scale, name="create_ratio", pairs=None):
+    """Alternating closed-loop ``POST /timers`` runs (load ``CREATE_LOAD``) on the product and the baseline.
 
     Args:
         product, baseline: started ``tests.harness.Service`` objects (their ``api``).
-        redis_pid: the Redis server's pid, for its CPU time.
+        redis_pids: ``{"product": [pid, ...], "baseline": [pid, ...]}``, the Redis
+            servers each one writes to, for their CPU time.
+        name: the benchmark's name in the time budget (``Budget``).
+        pairs: how many pairs at most (default ``scale.create_pairs``).
     Returns:
         dict with ``value`` (median of per-pair product/baseline ratios) and raw values:
         requests per second, and CPU milliseconds per 201 of the API's processes and of Redis.
@@ -407,11 +505,11 @@ def bench_create(product, baseline, redis_pid, scale, gen):
     payload = {"seconds": 3600, "url": HOOK_URL}
     services = {"product": product, "baseline": baseline}
     for service in services.values():  # warm-up: connections, imports, caches
-        loadgen.run(service.url, "/timers", payload, 0.5, **gen)
+        loadgen.run(service.url, "/timers", payload, 0.5, **CREATE_LOAD)
     product, baseline, order = [], [], []
     last_s = 0.0
-    for pair in range(scale.create_pairs):
-        if not BUDGET.another("create_ratio", pair, last_s):
+    for pair in range(scale.create_pairs if pairs is None else pairs):
+        if not BUDGET.another(name, pair, last_s):
             break
         began = time.monotonic()
         # Alternate which one goes first, so a drift in background load hits both alike.
@@ -419,9 +517,10 @@ def bench_create(product, baseline, redis_pid, scale, gen):
         got = {}
         for who in first:
             api_pid = [services[who].processes["api"].pid]
-            before = tree_cpu_s(api_pid), tree_cpu_s([redis_pid])
-            got[who] = loadgen.run(services[who].url, "/timers", payload, scale.create_duration_s, **gen)
-            after = tree_cpu_s(api_pid), tree_cpu_s([redis_pid])
+            before = tree_cpu_s(api_pid), tree_cpu_s(redis_pids[who])
+            got[who] = loadgen.run(services[who].url, "/timers", payload, scale.create_duration_s,
+                                   **CREATE_LOAD)
+            after = tree_cpu_s(api_pid), tree_cpu_s(redis_pids[who])
             got[who]["api_cpu_ms"] = _per_op_ms(before[0], after[0], got[who]["created"])
             got[who]["redis_cpu_ms"] = _per_op_ms(before[1], after[1], got[who]["created"])
         product.append(got["product"])
@@ -433,7 +532,7 @@ def bench_create(product, baseline, redis_pid, scale, gen):
         "value": statistics.median(ratios),
         "runs": len(product),
         "duration_s": scale.create_duration_s,
-        "load": dict(gen),
+        "load": dict(CREATE_LOAD),
         "baseline_record_fields": list(record_fields()),
         "product_rps": [round(p["rps"], 1) for p in product],
         "baseline_rps": [round(b["rps"], 1) for b in baseline],
@@ -480,7 +579,7 @@ def wait_idle(pids, max_cores=0.25, window_s=0.5, timeout_s=30.0):
     return None
 
 
-def fire_product_run(store, receiver, count, shards, populate_mode, est_rate, pool_pids=(), redis_pid=None):
+def fire_product_run(store, receiver, count, shards, populate_mode, est_rate, pool_pids=(), redis_pids=()):
     """One backlog of ``count`` timers all due at T, delivered by the running pool.
 
     T is the earliest fire time the create script returned. Each timer's
@@ -492,7 +591,7 @@ def fire_product_run(store, receiver, count, shards, populate_mode, est_rate, po
     Args:
         est_rate: expected storing rate (timers/s), to put T after the last store.
         pool_pids: pids of the consumer pool and coordinator, for their CPU time.
-        redis_pid: the Redis server's pid, for its CPU time.
+        redis_pids: pids of the Redis servers holding the shards, for their CPU time.
     Returns:
         dict: ``rate`` (webhooks/s = delivered / (last arrival - T)), ``seconds``,
         ``delivered`` (distinct timers), ``duplicates``, ``store_rate``, ``fire_spread_ms``,
@@ -512,9 +611,9 @@ def fire_product_run(store, receiver, count, shards, populate_mode, est_rate, po
     if late:
         log.warning("backlog still being stored at its fire time", extra={"late_s": stored - t_fire})
     time.sleep(max(0.0, t_fire - time.time()))
-    before = tree_cpu_s(pool_pids), tree_cpu_s([redis_pid])
+    before = tree_cpu_s(pool_pids), tree_cpu_s(redis_pids)
     receiver.wait_for(count, timeout_s=max(60.0, count / 50), settle_s=0)
-    after = tree_cpu_s(pool_pids), tree_cpu_s([redis_pid])
+    after = tree_cpu_s(pool_pids), tree_cpu_s(redis_pids)
     receiver.wait_for(count, timeout_s=0)
     first = {}
     arrivals = receiver.arrivals()
@@ -558,10 +657,11 @@ def _baseline_sender(url, threads, counter, count, ready, go, start_at, stop_at)
         worker.join()
 
 
-def fire_baseline_run(receiver, count, processes, threads, redis_pid=None, duration_s=None):
+def fire_baseline_run(receiver, count, processes, threads, redis_pids=(), duration_s=None):
     """``count`` bare ``requests`` POSTs (empty body) from ``processes`` x ``threads`` sessions.
 
     Args:
+        redis_pids: pids of the Redis servers of the product (idle meanwhile), for their CPU time.
         duration_s: if given, no request starts later than ``duration_s`` seconds
             after the start (a time-bounded run, to measure the rate; ``count``
             is then an upper bound).
@@ -586,13 +686,13 @@ def fire_baseline_run(receiver, count, processes, threads, redis_pid=None, durat
     if duration_s is not None:
         stop_at.value = start_at.value + duration_s
     go.set()
-    redis_before = tree_cpu_s([redis_pid])
+    redis_before = tree_cpu_s(redis_pids)
     # Each sender waits for every answer, so once they exit every request has arrived.
     for child in children:
         child.join(max(60.0, count / 50))
     sent = min(counter.value, count)
     receiver.wait_for(sent, timeout_s=30)
-    redis_after = tree_cpu_s([redis_pid])
+    redis_after = tree_cpu_s(redis_pids)
     cpu_after = _children_cpu_s()
     first = {}
     for key, at in receiver.arrivals():
@@ -607,7 +707,8 @@ def fire_baseline_run(receiver, count, processes, threads, redis_pid=None, durat
     return run
 
 
-def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_pid=None):
+def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_pids=(), name="fire_ratio",
+               pairs=None, sizing=None):
     """Alternating backlog runs: the product's pool vs bare ``requests`` with the same concurrency.
 
     The backlog is sized by work time: time-bounded calibration runs of the
@@ -616,6 +717,12 @@ def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_p
     counts), and every run's backlog takes ``scale.fire_work_s`` seconds at
     that rate (up to ``scale.fire_max_timers``).
 
+    Args:
+        redis_pids: pids of the Redis servers holding the shards, for their CPU time.
+        name: the benchmark's name in the time budget (``Budget``).
+        pairs: how many pairs at most (default ``scale.fire_pairs``).
+        sizing: the sizing of an earlier run of the same baseline (its
+            ``sizing``) to use instead of calibrating again.
     Returns:
         dict with ``value`` (median of per-pair product/baseline rate ratios), ``sizing``
         (``bench.sizing.timers_for_work``, with the calibration runs) and raw runs.
@@ -624,32 +731,34 @@ def bench_fire(service, store, receiver, scale, settings, populate_mode, redis_p
     threads = settings.consumer_threads
     wait_until(lambda: consumers_started(service) >= processes, timeout=60,
                message="every consumer to log 'Huey consumer started'")
-    pool_pids = [service.processes[name].pid for name in ("workers", "coordinator")]
+    pool_pids = [service.processes[process].pid for process in ("workers", "coordinator")]
     idle_after_s = wait_idle(pool_pids)
-    calibration = [fire_baseline_run(receiver, scale.fire_max_timers, processes, threads,
-                                     duration_s=scale.fire_calibration_s)
-                   for _ in range(CALIBRATION_RUNS)]
-    sizing = dict(timers_for_work(max(c["steady_rate"] for c in calibration), scale.fire_work_s,
-                                  FIRE_MIN_TIMERS, scale.fire_max_timers),
-                  calibration=calibration, pool_idle_after_s=idle_after_s)
+    if sizing is None:
+        calibration = [fire_baseline_run(receiver, scale.fire_max_timers, processes, threads,
+                                         duration_s=scale.fire_calibration_s)
+                       for _ in range(CALIBRATION_RUNS)]
+        sizing = dict(timers_for_work(max(c["steady_rate"] for c in calibration), scale.fire_work_s,
+                                      FIRE_MIN_TIMERS, scale.fire_max_timers),
+                      calibration=calibration)
+    sizing = dict(sizing, pool_idle_after_s=idle_after_s)
     log.info("fire backlog sized", extra=sizing)
     timers = sizing["timers"]
     est_rate = 5_000.0 if populate_mode == "pipeline" else 1_000.0
     product, baseline, order = [], [], []
     last_s = 0.0
-    for pair in range(scale.fire_pairs):
-        if not BUDGET.another("fire_ratio", pair, last_s):
+    for pair in range(scale.fire_pairs if pairs is None else pairs):
+        if not BUDGET.another(name, pair, last_s):
             break
         began = time.monotonic()
         first = ("product", "baseline") if pair % 2 == 0 else ("baseline", "product")
         for who in first:
             if who == "product":
                 run = fire_product_run(store, receiver, timers, settings.shards, populate_mode, est_rate,
-                                       pool_pids, redis_pid)
+                                       pool_pids, redis_pids)
                 est_rate = max(500.0, run["store_rate"])
                 product.append(run)
             else:
-                baseline.append(fire_baseline_run(receiver, timers, processes, threads, redis_pid))
+                baseline.append(fire_baseline_run(receiver, timers, processes, threads, redis_pids))
             log.info("fire run", extra={"who": who, **(product[-1] if who == "product" else baseline[-1])})
             time.sleep(0.3)  # let the last outcomes be recorded before the next run
         order.append(list(first))
@@ -792,31 +901,37 @@ def bench_memory(store, client, scale, shards, populate_mode):
             "raw": runs}
 
 
-def populate_equivalence(store, client):
-    """Check that :func:`populate` stores what ``TimerStore.create`` stores (same fields, same size).
+def populate_equivalence(store):
+    """Check that :func:`populate` stores what ``TimerStore.create`` stores (same fields, same size),
+    on one server or a cluster (``store``'s topology).
 
     Also measures what the generated request id (12 characters) adds to one record.
 
     Returns:
-        dict: ``equal``, the records' field names, their ``MEMORY USAGE`` (bytes),
-        and ``request_id_bytes``: ``MEMORY USAGE`` with the request id minus
-        without (empty, as ``TimerStore.create`` stores by default).
+        dict: ``equal`` (same fields, same values but the fire time, and the
+        same ``DUMP`` length: ``MEMORY USAGE`` also counts the allocator's
+        rounding, which differs with the server's history), the records' field
+        names, their ``MEMORY USAGE`` (bytes), and ``request_id_bytes``:
+        ``MEMORY USAGE`` with the request id minus without (empty, as
+        ``TimerStore.create`` stores by default).
     """
     rid = new_request_id()
     timer_id, _, _ = store.create(HOOK_URL, 3_600_000, 0, rid)
     shard = store.shard(0)
-    pipe = shard.redis.pipeline(transaction=False)
-    shard.create_timer(HOOK_URL, 3_600_000, rid, client=pipe)
-    (other, _, _), = pipe.execute()
-    one, two = client.hgetall(shard.record_key(timer_id)), client.hgetall(shard.record_key(other))
-    fields = sorted(k.decode() for k in one)
-    # Every field equal but the fire time (a few ms apart).
-    same = bool(one) and set(one) == set(two) and all(one[k] == two[k] for k in one if k != b"f")
-    usage = [client.memory_usage(shard.record_key(timer_id)), client.memory_usage(shard.record_key(other))]
+    (other, _, _), = store_batch(shard, 1, 3_600_000, HOOK_URL, request_id=lambda: rid)
     bare_id, _, _ = store.create(HOOK_URL, 3_600_000, 0)
-    bare = client.memory_usage(shard.record_key(bare_id))
-    return {"equal": same and usage[0] == usage[1], "fields": fields, "memory_usage": usage,
-            "request_id_bytes": usage[0] - bare}
+
+    def compare(node):
+        one, two = node.hgetall(shard.record_key(timer_id)), node.hgetall(shard.record_key(other))
+        # Every field equal but the fire time (a few ms apart).
+        same = bool(one) and set(one) == set(two) and all(one[k] == two[k] for k in one if k != b"f")
+        usage = [node.memory_usage(shard.record_key(key)) for key in (timer_id, other, bare_id)]
+        same = same and len(node.dump(shard.record_key(timer_id))) == len(node.dump(shard.record_key(other)))
+        return {"equal": same, "fields": sorted(k.decode() for k in one),
+
+                "memory_usage": usage[:2], "request_id_bytes": usage[0] - usage[2]}
+
+    return shard.topology.on_node(shard.redis, shard.seq_key, compare)
 
 
 # ---------------------------------------------------------------- recovery
@@ -893,6 +1008,83 @@ def bench_recovery(store, client, scale, settings, populate_mode):
         raise AssertionError(f"recovery did not make every orphan due again: {runs}")
     return {"value": statistics.median(r["s_per_million"] for r in runs), "runs": len(runs),
             "timers": timers, "sizing": sizing, "scaled": "linear, seconds * 1e6 / timers", "raw": runs}
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def bench_cluster(work, settings, redis_server, client, receiver, scale, populate_mode, fire_sizing,
+                  errors, load):
+    """``create_ratio`` and ``fire_ratio`` again, with the product's shards on a local Redis Cluster.
+
+    Starts a ``sharding.local_cluster.LocalCluster`` (3 masters + 3 replicas,
+    AOF on) under ``work`` and runs the product on it: ``REDIS_CLUSTER_URL``,
+    every other setting as in the single-Redis run (same ``TIMER_SHARDS``,
+    same pool). Its pairs are with the same baselines as the single-Redis
+    figures, measured again side by side: ``bench.baseline_app`` on
+    ``redis_server`` (emptied first), and the bare ``requests`` senders.
+    Each benchmark is a :func:`_step` of its own (a failure is recorded in
+    ``errors``, not raised); the cluster and its processes are stopped on return.
+
+    Args:
+        client: a client of ``redis_server`` with a long socket timeout.
+        fire_sizing: the single-Redis fire benchmark's ``sizing``, whose
+            backlog the cluster's fire runs use (None: calibrate again).
+        errors, load: as :func:`_step`'s.
+    Returns:
+        (metrics, details, layout): ``cluster_create_ratio`` and
+        ``cluster_fire_ratio`` where measured, their raw runs (as
+        :func:`bench_create`'s and :func:`bench_fire`'s; the fire's with
+        ``populate_equivalence`` on the cluster), and the cluster's
+        ``masters``, ``nodes``, ``shards_per_master`` ({"host:port": n}) and
+        ``start_s`` (seconds to start and form it).
+    Raises:
+        TimeoutError, subprocess.CalledProcessError: the cluster did not form.
+    """
+    metrics, details = {}, {}
+    client.flushall()  # the single-Redis backlogs: the baseline app writes to this server
+    _wait_aof_idle(client)
+    began = time.monotonic()
+    cluster = LocalCluster(os.path.join(work, "cluster"), free_cluster_port()).start()
+    product = baseline = None
+    try:
+        layout = {"masters": len(cluster.masters()), "nodes": len(cluster.ports),
+                  "start_s": round(time.monotonic() - began, 2)}
+        log.info("local cluster started", extra=layout)
+        node_pids = [process.pid for process in cluster.processes.values()]
+        env = {**_service_env(), "REDIS_CLUSTER_URL": cluster.url, "REDIS_URL": ""}
+        product_dir, baseline_dir = _log_dirs(work, "cluster-product", "cluster-baseline")
+        product = Service(None, product_dir, env).start("api")
+        baseline = BaselineService(redis_server.url, baseline_dir, _service_env()).start(
+            "api", ready_path="/healthz")
+        created = _step("cluster_create_ratio", errors, lambda: bench_create(
+            product, baseline, {"product": node_pids, "baseline": [redis_server.process.pid]}, scale,
+            name="cluster_create_ratio", pairs=scale.cluster_create_pairs), load=load)
+        stop_all(baseline)
+        baseline = None
+        if created:
+            metrics["cluster_create_ratio"], details["cluster_create_ratio"] = created["value"], created
+
+        product.stop("api")
+        empty_cluster(cluster)
+        product.start("workers", "coordinator")
+        store = dataclasses.replace(settings, redis_url=None, redis_cluster_url=cluster.url).store()
+        sizing = dict(fire_sizing, reused_from="fire_ratio") if fire_sizing else None
+        fired = _step("cluster_fire_ratio", errors, lambda: bench_fire(
+            product, store, receiver, scale, settings, populate_mode, node_pids, name="cluster_fire_ratio",
+            pairs=scale.cluster_fire_pairs, sizing=sizing), load=load)
+        if fired:
+            fired["populate_equivalence"] = _step("cluster_populate_equivalence", errors,
+                                                  populate_equivalence, store)
+            metrics["cluster_fire_ratio"], details["cluster_fire_ratio"] = fired["value"], fired
+        layout["shards_per_master"] = dict(collections.Counter(
+            store.topology.master_of(store.shard(index).seq_key) for index in range(settings.shards)))
+    finally:
+        for service in (product, baseline):
+            if service:
+                service.stop()
+        cluster.stop()
+    return metrics, details, layout
 
 
 # ---------------------------------------------------------------- environment
@@ -975,11 +1167,11 @@ def machine_speed(details):
 
 def sizes_chosen(scale, details):
     """Per benchmark, the size used in this run and the rule that chose it (see ``SIZING_RULE``)."""
-    out = {"rule": SIZING_RULE,
-           "create_ratio": {"duration_s": scale.create_duration_s, "rule": "fixed duration per run"},
+    fixed = {"duration_s": scale.create_duration_s, "rule": "fixed duration per run"}
+    out = {"rule": SIZING_RULE, "create_ratio": fixed, "cluster_create_ratio": fixed,
            "bytes_per_timer": {"timers": scale.memory_timers,
                                "rule": "fixed count: a size, not a speed (hash tables grow by count)"}}
-    for name in ("fire_ratio", "lateness", "recovery_s_per_million"):
+    for name in ("fire_ratio", "lateness", "recovery_s_per_million", "cluster_fire_ratio"):
         if name in details:
             out[name] = details[name]["sizing"]
     return out
@@ -1029,6 +1221,14 @@ def stop_all(service, timeout_s=15):
     service.processes.clear()
 
 
+def _log_dirs(work, *names):
+    """Make directories ``work/<name>`` for each of ``names``; return their paths in order."""
+    paths = [os.path.join(work, name) for name in names]
+    for path in paths:
+        os.makedirs(path)
+    return paths
+
+
 def _step(name, errors, func, *args, load=None):
     """Run one benchmark; on failure log it, record the error and return None.
 
@@ -1058,14 +1258,14 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
     Returns:
         the result document (dict).
     """
-    BUDGET.start(scale.budget_s)
+    BUDGET.start(scale.budget_s, scale.cluster_budget_s)
     started = time.time()
     doc_machine, doc_versions, revision = machine_info(), {}, product_revision()
     settings = config.load()
     work = tempfile.mkdtemp(prefix="timer-bench-")
     redis_server = RedisServer(work)
     receiver = FastReceiver(os.path.join(work, "receiver"), processes=2)
-    product = baseline = None
+    product = baseline = cluster_layout = None
     errors, metrics, details, load = {}, {}, {}, {}
     samples = []
     try:
@@ -1077,16 +1277,14 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
         doc_versions = versions(client)
         receiver.start()
 
-        product_dir, baseline_dir = os.path.join(work, "product"), os.path.join(work, "baseline")
-        os.makedirs(product_dir)
-        os.makedirs(baseline_dir)
+        product_dir, baseline_dir = _log_dirs(work, "product", "baseline")
         product = Service(redis_server.url, product_dir, _service_env())
         baseline = BaselineService(redis_server.url, baseline_dir, _service_env())
         product.start("api")
         baseline.start("api", ready_path="/healthz")
-        gen = {"processes": 2, "threads": 4}
-        created = _step("create_ratio", errors, bench_create, product, baseline, redis_server.process.pid,
-                        scale, gen, load=load)
+        redis_pids = [redis_server.process.pid]
+        created = _step("create_ratio", errors, bench_create, product, baseline,
+                        {"product": redis_pids, "baseline": redis_pids}, scale, load=load)
         stop_all(baseline)
         if created:
             metrics["create_ratio"], details["create_ratio"] = created["value"], created
@@ -1094,7 +1292,7 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
 
         product.start("workers", "coordinator")
         fired = _step("fire_ratio", errors, bench_fire, product, store, receiver, scale, settings,
-                      populate_mode, redis_server.process.pid, load=load)
+                      populate_mode, redis_pids, load=load)
         if fired:
             metrics["fire_ratio"], details["fire_ratio"] = fired["value"], fired
 
@@ -1108,8 +1306,7 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
         stop_all(product)
         product = None
 
-        equivalence = _step("populate_equivalence", errors, populate_equivalence, store, client,
-                            load=load)
+        equivalence = _step("populate_equivalence", errors, populate_equivalence, store, load=load)
         memory = _step("bytes_per_timer", errors, bench_memory, store, client, scale, settings.shards,
                        populate_mode, load=load)
         if memory:
@@ -1120,6 +1317,13 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
         if recovered:
             metrics["recovery_s_per_million"] = recovered["value"]
             details["recovery_s_per_million"] = recovered
+
+        clustered = _step("cluster", errors, bench_cluster, work, settings, redis_server, client, receiver,
+                          scale, populate_mode, (fired or {}).get("sizing"), errors, load)
+        if clustered:
+            cluster_metrics, cluster_details, cluster_layout = clustered
+            metrics.update(cluster_metrics)
+            details.update(cluster_details)
     finally:
         for service in (product, baseline):
             if service:
@@ -1143,6 +1347,7 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
                    "consumer_threads": settings.consumer_threads, "api_workers": settings.api_workers,
                    "api_connections": settings.api_connections, "populate": populate_mode,
                    "sizes": dataclasses.asdict(scale)},
+        "cluster": cluster_layout,
         "machine_speed": machine_speed(details),
         "sizes_chosen": sizes_chosen(scale, details),
         "metrics": metrics,
@@ -1156,7 +1361,8 @@ def run(scale, populate_mode="pipeline", results_dir=RESULTS_DIR):
             "Each ratio is the median of per-pair ratios; product and baseline alternate, and the "
             "pair order alternates.",
             "Timers for fire_ratio, bytes_per_timer and recovery are stored by the product's create "
-            "script pipelined (config.populate); see bench/run.py.",
+            "scripts pipelined (config.populate); see bench/run.py.",
+            CLUSTER_NOTE,
             "The machine may be shared: machine.loadavg_start/end and loadavg_by_benchmark (1-minute "
             "load average before and after each benchmark; 2 cores) show the background load.",
         ],
@@ -1189,8 +1395,8 @@ def main(argv=None):
     """Entry point: ``python -m bench.run [--tiny|--quick|--full] [--populate pipeline|create]``."""
     parser = argparse.ArgumentParser(description="Benchmarks of the timer service against baselines.")
     group = parser.add_mutually_exclusive_group()
-    helps = {"tiny": "smoke sizes, ~30 s; targets reported, never enforced",
-             "quick": "smaller sizes, about 2 min (default)", "full": "full sizes, at most 15 min"}
+    helps = {"tiny": "smoke sizes, ~50 s; targets reported, never enforced",
+             "quick": "smaller sizes, about 3 min (default)", "full": "full sizes, at most 18 min"}
     for name in SCALES:
         group.add_argument(f"--{name}", dest="scale", action="store_const", const=name, help=helps[name])
     group.add_argument("--scale", choices=sorted(SCALES), help="scale by name")
