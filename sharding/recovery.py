@@ -30,7 +30,7 @@ from sharding.store import FEED_BATCH, now_ms
 
 log = logging.getLogger(__name__)
 
-CHUNK = 5000
+CHUNK = 1000
 
 
 def _queued_ids(shard):
@@ -65,20 +65,18 @@ def _reveal_lost(shard, now, visibility_ms, overdue_ms):
     but that the queue no longer holds, once they are ``overdue_ms`` past due.
 
     Hidden timers are scored up to ``now + visibility_ms``, like timers that
-    are merely due soon; only a hidden one has a due time in the past.
+    are merely due soon; only a hidden one has a due time in the past, which
+    the script ``lua/reveal.lua`` checks in Redis, :data:`CHUNK` timers a call.
     Returns how many were made due.
     """
     ahead = shard.redis.zrangebyscore(shard.due_key, f"({now}", now + visibility_ms)
     candidates = sorted({int(m) for m in ahead} - _queued_ids(shard)) if ahead else []
-    pipe = shard.redis.pipeline(transaction=False)
-    for timer_id in candidates:
-        pipe.hmget(shard.record_key(timer_id), "d", "f")
-    lost = [timer_id for timer_id, (due, fire) in zip(candidates, pipe.execute(), strict=True)
-            if (due or fire) is not None and int(due or fire) <= now - overdue_ms]
-    if lost:
-        # XX: a timer claimed since the read has left the index and stays out.
-        shard.redis.zadd(shard.due_key, dict.fromkeys(lost, now), xx=True)
-    return len(lost)
+    revealed = 0
+    for k in range(0, len(candidates), CHUNK):
+        chunk = candidates[k:k + CHUNK]
+        revealed += shard.reveal(keys=[shard.due_key, *map(shard.record_key, chunk)],
+                                 args=[now, overdue_ms, *chunk])
+    return revealed
 
 
 def _feed_retired(store, balancer, index, visibility_ms):

@@ -278,9 +278,9 @@ class Shard:
         self._record_prefix = f"t:{tag}:"
         (self.create, self.reserve_id, self.create_reserved, self.get, self.feed, self.claim,
          self.finish, self.renew, self.release, self.expire_lease, self.cancel, self.reschedule,
-         self.run, self.confirm_write) = scripts.register(
+         self.run, self.confirm_write, self.reveal) = scripts.register(
             self.redis, "create", "reserve_id", "create_reserved", "get", "feed", "claim", "finish",
-            "renew", "release", "expire_lease", "cancel", "reschedule", "run", "confirm")
+            "renew", "release", "expire_lease", "cancel", "reschedule", "run", "confirm", "reveal")
         # Where a script may build a key from its arguments (one server), the id is
         # made inside the create script: one round trip. A cluster wants every key
         # in KEYS, so the id is reserved first.

@@ -17,15 +17,16 @@ runs it:
   consumer's receivers hang or drip) is released unsent (``TimerStore.release``:
   pending again, the attempt not counted) and given back to the head of its
   queue for another consumer, so a slow receiver holds up its own timers only;
-* the outcomes of a consumer's sends are recorded together, in one script per
-  shard every :data:`FLUSH_S` seconds at most, so that a delivered timer soon
-  reads ``fired``;
+* a sender that finds nothing more to send records the outcomes so far at
+  once, so that a delivered timer reads ``fired`` as soon as its receiver has
+  answered; in a backlog the upkeep thread records them together, in one
+  script per shard every :data:`FLUSH_S` seconds;
 * each claimed timer holds a lease of one attempt (webhook timeout + 5 s),
   renewed every third of it while its send runs: if the consumer dies,
   recovery takes its timers back within a lease.
 
-A backlog so costs a consumer one claim per 16 timers and one record per
-flush, whatever the number of senders (docs/BENCHMARKS.md, "Fire path").
+A backlog so costs a consumer about one claim per 16 timers and one record
+per :data:`FLUSH_S`, whatever the number of senders (docs/BENCHMARKS.md, "Fire path").
 """
 
 import collections
@@ -175,6 +176,11 @@ class Dispatcher:
             with self._lock:
                 del self._busy[me]
                 self._done.append(sent)
+                # Nothing waiting to be sent: record now, so that a delivered
+                # timer reads fired at once; in a backlog the upkeep batches them.
+                record = self._take_done() if not self._ready else []
+            if record:
+                self._record(record)
 
     def _upkeep_loop(self):
         while True:
@@ -197,28 +203,28 @@ class Dispatcher:
                 late.append(self._ready.popleft())
             if late:
                 self._room.notify()
-            record = self._done if (everything or now - self._flushed_at >= FLUSH_S) else []
-            if record:
-                self._done = []
-                self._flushed_at = now
+            record = self._take_done() if (everything or now - self._flushed_at >= FLUSH_S) else []
             renew = []
             if now - self._renewed_at >= self.settings.lease_ms / 1000 / 3:
                 renew = [claim for claim, _ in self._busy.values()]
                 self._renewed_at = now
+        if record:
+            self._record(record)
         try:
             if late:
                 self._give_back(late)
-            if record:
-                self._record(record)
-                record = []
             # Sends to slow receivers keep their leases; a killed consumer
             # stops renewing and recovery takes them back.
             for claims in _by_home_shard(renew, lambda claim: claim.timer_id):
                 self.store.renew(claims, self.settings.lease_ms)
         except REDIS_ERRORS as exc:
             log.warning("consumer upkeep failed", extra={"error": str(exc)})
-            with self._lock:
-                self._done[:0] = record
+
+    def _take_done(self):
+        """The outcomes not yet recorded, emptied (call with the lock held)."""
+        done, self._done = self._done, []
+        self._flushed_at = time.monotonic()
+        return done
 
     def _give_back(self, late):
         """Release ``late`` (:class:`Waiting`) unsent and put them back at the head of their queues.
@@ -238,9 +244,15 @@ class Dispatcher:
         log.info("timers given back", extra={"timers": len(released), "waited_s": GIVE_BACK_S})
 
     def _record(self, sent):
-        """Record the outcomes of ``sent`` attempts, one script per home shard."""
+        """Record the outcomes of ``sent`` attempts, one script per home shard; on a Redis
+        error, log it and keep the outcomes not recorded for the next upkeep."""
         for group in _by_home_shard(sent, lambda s: s.finish.timer_id):
-            _record(self.store, self.settings.retry_limits, group)
+            try:
+                _record(self.store, self.settings.retry_limits, group)
+            except REDIS_ERRORS as exc:
+                log.warning("recording outcomes failed", extra={"error": str(exc), "timers": len(group)})
+                with self._lock:
+                    self._done[:0] = group
 
     def close(self, timeout_s):
         """Stop for a graceful shutdown: give back waiting timers, let sends end, record them.
