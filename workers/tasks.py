@@ -172,10 +172,15 @@ class Dispatcher:
                 if not self._ready:
                     # This sender took the last waiting timer: room for the next message.
                     self._room.notify()
-            sent = _attempt(waiting.claim, waiting.claimed_at, self.sender)
+            try:
+                sent = _attempt(waiting.claim, waiting.claimed_at, self.sender)
+            except Exception:  # noqa: BLE001 - a bug must not cost the consumer a sender; the lease recovers the timer
+                log.exception("sender failed", extra={"timer_id": waiting.claim.timer_id})
+                sent = None
             with self._lock:
                 del self._busy[me]
-                self._done.append(sent)
+                if sent:
+                    self._done.append(sent)
                 # Nothing waiting to be sent: record now, so that a delivered
                 # timer reads fired at once; in a backlog the upkeep batches them.
                 record = self._take_done() if not self._ready else []
@@ -185,7 +190,10 @@ class Dispatcher:
     def _upkeep_loop(self):
         while True:
             time.sleep(UPKEEP_S)
-            self.upkeep()
+            try:
+                self.upkeep()
+            except Exception:  # noqa: BLE001 - the upkeep must go on: it gives back, records and renews
+                log.exception("consumer upkeep failed")
 
     def upkeep(self, everything=False):
         """Give back timers that waited too long for a sender, record outcomes, renew leases.
