@@ -10,7 +10,6 @@ need a service of their own are in ``test_cluster_ops.py``.
 import collections
 import concurrent.futures
 import datetime
-import multiprocessing
 import time
 
 import pytest
@@ -25,7 +24,15 @@ from sharding.store import (
     home_shard,
 )
 from sharding.topology import TAGS_KEY
-from tests.harness import Service, consumers_ready, empty_cluster, wait_until
+from tests.harness import (
+    Service,
+    clock_units,
+    consumers_ready,
+    empty_cluster,
+    in_forked_children,
+    one_ms_later,
+    wait_until,
+)
 from tests.test_delivery import settled, wait_status
 
 SHARDS = 6
@@ -182,15 +189,7 @@ def _create_many_on_cluster(url, count, results):
 
 def test_cluster_ids_are_unique_over_concurrent_creates_from_several_processes_and_mostly_proposed(
         cluster_store, redis_cluster):
-    fork = multiprocessing.get_context("fork")
-    results = fork.Queue()
-    children = [fork.Process(target=_create_many_on_cluster, args=(redis_cluster.url, 300, results))
-                for _ in range(4)]
-    for child in children:
-        child.start()
-    batches = [results.get(timeout=120) for _ in children]
-    for child in children:
-        child.join(30)
+    batches = in_forked_children(_create_many_on_cluster, [(redis_cluster.url, 300)] * 4)
     ids = [timer_id for batch, _ in batches for timer_id in batch]
     assert len(ids) == len(set(ids)) == 1200
     assert all(0 < timer_id < 2 ** 53 for timer_id in ids)
@@ -207,19 +206,6 @@ def test_cluster_ids_are_unique_over_concurrent_creates_from_several_processes_a
     assert {cluster_store.get(t)[0]["status"] for t in ids[::50]} == {"scheduled"}
 
 
-def _node_micros(client):
-    secs, micros = client.time()
-    return secs * 1_000_000 + micros
-
-
-def _one_ms_later(client):
-    """Wait until ``client``'s Redis clock has moved on by 1 ms (every node of the local
-    cluster runs on this machine's clock: no skew to add)."""
-    start = _node_micros(client)
-    wait_until(lambda: _node_micros(client) >= start + 1000, timeout=5, interval=0.0002,
-               message="the Redis clock to move on by 1 ms")
-
-
 def test_on_a_cluster_a_timer_created_1_ms_after_another_has_a_larger_id_whatever_the_shards(
         cluster_store, redis_cluster):
     clock = redis_cluster.client(redis_cluster.ports[0])
@@ -228,14 +214,10 @@ def test_on_a_cluster_a_timer_created_1_ms_after_another_has_a_larger_id_whateve
     pairs = [(a, b) for a in range(SHARDS) for b in range(SHARDS) if a != b] * 2
     for first_shard, second_shard in pairs:
         first, _, _ = cluster_store.create("https://x.test/h", 600_000, first_shard)
-        _one_ms_later(clock)
+        one_ms_later(clock)
         second, _, _ = cluster_store.create("https://x.test/h", 600_000, second_shard)
         assert second > first, (first_shard, second_shard, first, second)
     assert _proposals(cluster_store)["proposed"] > 0
-
-
-def _clock_units(client):
-    return _node_micros(client) // 100 - ID_EPOCH_UNITS
 
 
 def test_on_a_cluster_a_counter_up_to_0_4_ms_ahead_of_the_clock_keeps_the_order(cluster_store, redis_cluster):
@@ -244,9 +226,9 @@ def test_on_a_cluster_a_counter_up_to_0_4_ms_ahead_of_the_clock_keeps_the_order(
         cluster_store.create("https://x.test/h", 600_000, shard)
     # Shard 3's counter 3 units ahead: its next id is reserved 4 units ahead (the most
     # the window of 5 leaves), and shard 0's proposal 1 ms later may lag 5 units.
-    cluster_store.control.set(cluster_store.shard(3).seq_key, _clock_units(clock) + 3)
+    cluster_store.control.set(cluster_store.shard(3).seq_key, clock_units(clock) + 3)
     first, _, _ = cluster_store.create("https://x.test/h", 600_000, 3)
-    _one_ms_later(clock)
+    one_ms_later(clock)
     second, _, _ = cluster_store.create("https://x.test/h", 600_000, 0)
     assert second > first
 
@@ -266,10 +248,10 @@ def test_a_proposal_outside_the_window_or_not_above_the_counter_only_reserves_an
         cluster_store, redis_cluster):
     shard = cluster_store.shard(2)
     clock = redis_cluster.client(redis_cluster.ports[0])
-    cluster_store.control.set(shard.seq_key, _clock_units(clock) - 100)
+    cluster_store.control.set(shard.seq_key, clock_units(clock) - 100)
     reserved = []
-    for first in (_clock_units(clock) + 10_000,  # above the clock (1 s ahead)
-                  _clock_units(clock) - 10_000):  # every proposed id more than T below the clock
+    for first in (clock_units(clock) + 10_000,  # above the clock (1 s ahead)
+                  clock_units(clock) - 10_000):  # every proposed id more than T below the clock
         before = int(cluster_store.control.get(shard.seq_key))
         timer_id, fire, _, at = _propose(shard, first)
         # Nothing stored; the id reserved as reserve_id.lua does: max(counter + 1, clock).
@@ -278,9 +260,9 @@ def test_a_proposal_outside_the_window_or_not_above_the_counter_only_reserves_an
         assert cluster_store.get(timer_id)[0] is None
         reserved.append(timer_id)
     # A proposal inside the window but not above the counter (another create took it).
-    ahead = _clock_units(clock) + 1_000
+    ahead = clock_units(clock) + 1_000
     cluster_store.control.set(shard.seq_key, ahead)
-    timer_id, fire, _, _ = _propose(shard, _clock_units(clock))
+    timer_id, fire, _, _ = _propose(shard, clock_units(clock))
     assert (timer_id, fire) == ((ahead + 1) * 1000 + 2, 0)
     reserved.append(timer_id)
     assert len(set(reserved)) == 3
@@ -295,7 +277,7 @@ def test_a_proposal_in_the_window_above_the_counter_stores_the_timer_under_that_
 
     def proposal_taken():
         # Taken when the script runs within 3 windows (1.7 ms) of the clock read here.
-        first = _clock_units(clock)
+        first = clock_units(clock)
         timer_id, fire, now, at = _propose(shard, first)
         taken.append((first, timer_id, fire, now, at))
         return fire != 0
