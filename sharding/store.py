@@ -53,9 +53,9 @@ clock" below); the shard's counter ``seq:{ti}`` holds the last ``n`` it gave.
   and ``n_p + 2 (T + 1)`` (:data:`PROPOSED_IDS`, each with its record key in
   KEYS, the window T = :data:`PROPOSAL_WINDOW_UNITS` = 5 units, 0.5 ms). The
   script takes the one in ``[clock - T, clock]`` if it is above the counter,
-  sets the counter to it and stores the timer: one round trip. Else (the
-  first create of a process, or the request was delayed more than 1.7 ms,
-  or another create took that unit) it reserves ``max(counter + 1, clock)``
+  sets the counter to it and stores the timer: one round trip. Else (a
+  process's first create on the shard, or the request was delayed more than
+  1.7 ms, or another create took that unit) it reserves ``max(counter + 1, clock)``
   as ``lua/reserve_id.lua`` does and ``lua/create_reserved.lua`` stores the
   timer under it: two round trips. The proposal is never above the clock
   when the bound holds; one above it (the clock stepped back, another node

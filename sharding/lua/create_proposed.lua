@@ -19,6 +19,7 @@ local fire = fire_time(ARGV[8], ARGV[6], ARGV[9])
 if not fire then return {0, 0, now, clock} end
 local first, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 if first and first <= clock and #KEYS > 2 then
+  -- The k-th proposal: the last one not above the clock.
   local k = math.min(#KEYS - 2, math.floor((clock - first) / (window + 1)) + 1)
   local n = first + (k - 1) * (window + 1)
   if n >= clock - window and n > tonumber(redis.call('GET', KEYS[1]) or '0') then
