@@ -5,9 +5,10 @@ Run: ``python -m bench.cluster [--timers N] [--memory N] [--backlog N]``. It sta
 (both AOF on, as in production), then measures on each:
 
 * ``create``: ``TimerStore.create`` one by one from 4 threads: on one server
-  one round trip, on the cluster two (reserve the id, then create), and
-  on the cluster with ``TIMER_REDIS_WAIT_REPLICAS=1`` (the second round trip
-  also waits for the replica): microseconds per create (median latency),
+  one round trip, on the cluster one as well when the id this process
+  proposes is taken (else two: reserve the id, then create), and on the
+  cluster with ``TIMER_REDIS_WAIT_REPLICAS=1`` (the round trip that stores
+  the timer also waits for the replica): microseconds per create (median latency),
   Redis CPU per create (``INFO cpu`` of the masters; replicas not counted)
   and the client's CPU per create (this process: what an API host pays);
 * ``memory``: ``used_memory`` growth per pending timer (due in 1 h), in total

@@ -67,12 +67,12 @@ Timers for ``fire_ratio``, ``bytes_per_timer`` and ``recovery_s_per_million``
 are stored by the product's own create scripts, pipelined per shard in
 batches (``store_batch``): on one server ``create.lua`` (``Shard.create``,
 the script ``TimerStore.create`` runs); on the cluster, as the product does
-there, ``reserve_id.lua`` then ``create_reserved.lua``, each batch a pipeline
-on a plain connection to the shard's master (every key of a shard shares its
-slot). The same keys, fields and values as ``TimerStore.create``
-(``populate_equivalence`` checks it), which costs one or two round trips per
-timer and would not fit the time budget on 2 cores (``--populate create``
-uses it anyway).
+there when it has no id to propose, ``reserve_id.lua`` then
+``create_reserved.lua``, each batch a pipeline on a plain connection to the
+shard's master (every key of a shard shares its slot). The same keys,
+fields and values as ``TimerStore.create`` (``populate_equivalence``
+checks it), which costs one or two round trips per timer and would not fit
+the time budget on 2 cores (``--populate create`` uses it anyway).
 
 Alongside, CPU milliseconds per operation (from ``/proc``) of the API, the
 consumer pool, the baselines and Redis, to show where the time goes.
@@ -351,8 +351,9 @@ def store_batch(shard, count, delay_ms, url, request_id=new_request_id):
 
     On one server ``create.lua`` (``Shard.create_timer`` on a pipeline): one
     round trip. Where scripts may touch only the keys in ``KEYS`` (a cluster:
-    ``topology.declared_keys_only``), as ``Shard`` does there: ``reserve_id.lua``
-    for every id in one pipeline, then ``create_reserved.lua`` for every timer
+    ``topology.declared_keys_only``), the id reserved first, as ``Shard`` does there
+    when it has no id to propose: ``reserve_id.lua`` for every id in one pipeline,
+    then ``create_reserved.lua`` for every timer
     in a second one; both on a plain connection to the master of the shard's
     slot (``topology.on_node``), which holds every key of the shard.
 

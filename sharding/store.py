@@ -34,35 +34,71 @@ On a Redis Cluster ``{ti}`` stands for the tag chosen for shard ``i`` when it
 was registered (``{t<i>}`` or ``{t<i>.<k>}``, whichever lands it on the master
 with the fewest shards); on one server it is always ``{t<i>}``.
 
+Ids
+---
 A timer id is ``n * 1000 + home shard``: the shard holding its record is
-``id % 1000``, derivable without a lookup table. The create script
-(``lua/create.lua``) takes ``n`` as the larger of the shard's own counter
-(``seq:{ti}``) plus one and the Redis clock in units of 100 microseconds
-since 2026-01-01, so one round trip stores a timer and no script touches
-another shard's keys. What that promises (``shared/CONTRACT.md`` section 2):
+``id % 1000``, derivable without a lookup table. ``n`` counts units of 100
+microseconds since 2026-01-01 on the shard's Redis clock (``TIME``; "the
+clock" below); the shard's counter ``seq:{ti}`` holds the last ``n`` it gave.
 
-* unique: one counter per shard, which only grows, and the shard in the
-  last three digits;
-* below 2**53 (exact in JavaScript) until 2054;
+* One server (``lua/create.lua``): ``n`` is the larger of the counter + 1
+  and the clock, made inside the create script, which builds the record key
+  from it: one round trip, and no script touches another shard's keys.
+* A Redis Cluster wants every key a script touches in ``KEYS``, so the
+  record key, hence the id, must be known before the script runs. The API
+  proposes it (``lua/create_proposed.lua``): from the shard's reply to each
+  create it learns a lower bound of the shard's clock minus its own
+  (``time.monotonic_ns``: the script ran before the reply came back) and
+  proposes ``n_p``, its own clock now plus that bound, plus ``n_p + T + 1``
+  and ``n_p + 2 (T + 1)`` (:data:`PROPOSED_IDS`, each with its record key in
+  KEYS, the window T = :data:`PROPOSAL_WINDOW_UNITS` = 5 units, 0.5 ms). The
+  script takes the one in ``[clock - T, clock]`` if it is above the counter,
+  sets the counter to it and stores the timer: one round trip. Else (a
+  process's first create on the shard, or the request was delayed more than
+  1.7 ms, or another create took that unit) it reserves ``max(counter + 1, clock)``
+  as ``lua/reserve_id.lua`` does and ``lua/create_reserved.lua`` stores the
+  timer under it: two round trips. The proposal is never above the clock
+  when the bound holds; one above it (the clock stepped back, another node
+  took over the slot) is refused and the bound learnt again.
+
+What that promises (``shared/CONTRACT.md`` section 2):
+
+* unique: every id a shard gives is above its counter, which is then set to
+  it and so only grows; the shard is in the last three digits;
+* below 2**53 (exact in JavaScript) until 2054: ``n`` is at most the clock
+  (plus a counter's lead, below);
 * time-ordered at 1 ms: a timer created at least 1 ms after another one's
-  ``201`` has a larger id, whichever shards took them. The earlier create
-  had ``n`` at most its shard's clock unit (or its counter, if that ran
-  ahead); 1 ms later every shard's clock is 10 units further. Creates less
-  than 1 ms apart on different shards may get ids in either order (within
-  one unit they are ordered by shard index).
+  ``201`` has a larger id, whichever shards took them. Say A was made at
+  clock ``c`` (of its shard's node) with ``n_A = c + lead``; B's script ran
+  at least 1 ms later, at clock ``c' >= c + 10`` (on a cluster, when B came
+  1 ms plus the skew between the two nodes later). Every id is at least its
+  clock minus T (T = 0 on one server: ``n >= clock``; on a cluster a
+  proposal is taken only inside the window, a reserved one is ``>= clock``),
+  so ``n_B >= c' - T >= c + 10 - T``, which is above ``n_A`` while
+  ``lead <= 9 - T``. A proposal's lead is at most 0 (it is at most the
+  clock); a reserved id's lead is ``counter + 1 - clock`` when the counter is
+  at or past the clock. So the order holds while no id is made more than
+  9 - T units ahead of its clock: 9 units (0.9 ms) on one server, 4 (0.4 ms)
+  on a cluster, which is why T is 5 and not more; a larger T takes more
+  delayed proposals but leaves less room for bursts. Creates less than 1 ms
+  apart on different shards may get ids in either order (within one unit
+  they are ordered by shard index).
 
-The rule holds while no shard's counter runs more than 1 ms (10 units) ahead
-of its clock. A counter runs ahead when its shard creates more than one timer
-per 100 microseconds (a burst above 10,000 creates a second on one shard; the
-lead drains as the clock catches up) or when the server's clock steps back
-(an NTP step; on a cluster, a failover to a node whose clock is behind, and
-the skew between nodes adds to the 1 ms). Ids stay unique then; only the
-order across shards may lag by the counter's lead.
+An id is made ahead of the clock when its shard gives more than one id per
+100 microsecond unit (more than 10 (one server) or 5 (cluster) creates within
+one unit on one shard break the order; a sustained rate above 10,000 creates
+a second on one shard makes the counter run ahead until it drains as the
+clock catches up) or when the server's clock steps back (an NTP step; on a
+cluster, a failover to a node whose clock is behind, and the skew between
+nodes adds to the 1 ms). Ids stay unique then; only the order across shards
+may lag by the counter's lead.
 """
 
+import collections
 import dataclasses
 import json
 import threading
+import time
 
 import redis
 
@@ -74,6 +110,13 @@ STATUSES = ("scheduled", "retrying", "firing", "fired", "failed", "cancelled")
 FINAL = ("fired", "failed", "cancelled")
 # 2026-01-01T00:00:00Z in units of 100 microseconds: ids count from there.
 ID_EPOCH_UNITS = 1_767_225_600 * 10_000
+# How far below the shard's clock a proposed id may be, in 100 us units (see "Ids" above).
+PROPOSAL_WINDOW_UNITS = 5
+# Ids a cluster create proposes, PROPOSAL_WINDOW_UNITS + 1 units apart: one of them is
+# in the window whenever the lag from proposing to the script's run is 0..17 units.
+PROPOSED_IDS = 3
+_STRIDE = PROPOSAL_WINDOW_UNITS + 1
+_UNIT_NS = 100_000
 SHARDS_KEY = "timers:shards"
 # How long a create waits for TIMER_REDIS_WAIT_REPLICAS replicas before 503.
 WAIT_TIMEOUT_MS = 1000
@@ -276,15 +319,21 @@ class Shard:
         self.done_keys = {status: f"done:{tag}:{status}" for status in FINAL}
         self.queue_key = self.huey.storage.queue_key
         self._record_prefix = f"t:{tag}:"
-        (self.create, self.reserve_id, self.create_reserved, self.get, self.feed, self.claim,
-         self.finish, self.renew, self.release, self.expire_lease, self.cancel, self.reschedule,
+        (self.create, self.reserve_id, self.create_reserved, self.create_proposed, self.get, self.feed,
+         self.claim, self.finish, self.renew, self.release, self.expire_lease, self.cancel, self.reschedule,
          self.run, self.confirm_write, self.reveal) = scripts.register(
-            self.redis, "create", "reserve_id", "create_reserved", "get", "feed", "claim", "finish",
-            "renew", "release", "expire_lease", "cancel", "reschedule", "run", "confirm", "reveal")
+            self.redis, "create", "reserve_id", "create_reserved", "create_proposed", "get", "feed", "claim",
+            "finish", "renew", "release", "expire_lease", "cancel", "reschedule", "run", "confirm", "reveal")
         # Where a script may build a key from its arguments (one server), the id is
         # made inside the create script: one round trip. A cluster wants every key
-        # in KEYS, so the id is reserved first.
-        self._queue_create = self._reserve_then_create if topology.declared_keys_only else self._create_in_one
+        # in KEYS, so this process proposes the id (see "Ids" above).
+        self._create_with = self._create_proposed if topology.declared_keys_only else self._create_in_one
+        # This shard's clock minus ours (time.monotonic_ns) in ns, at most the true
+        # difference; None until a create's reply told it.
+        self._clock_offset = None
+        # Cluster creates by how their id was made: "proposed" (one round trip),
+        # "refused" (a proposal refused: two), "unproposed" (no offset known yet: two).
+        self.id_proposals = collections.Counter()
 
     def _create_args(self, timer):
         url, delay_ms, request_id, at_ms, max_delay_ms, fields = timer
@@ -293,15 +342,62 @@ class Shard:
             args += [_optional(at_ms), _optional(max_delay_ms), *fields]
         return args
 
-    def _create_in_one(self, node, pipe, timer):
-        return scripts.queue(pipe, self.create, [self.seq_key, self.due_key], self._create_args(timer))
+    def _create_in_one(self, node, timer):
+        return self._write_and_wait(node, lambda pipe: scripts.queue(
+            pipe, self.create, [self.seq_key, self.due_key], self._create_args(timer)))
 
-    def _reserve_then_create(self, node, pipe, timer):
+    def _create_proposed(self, node, timer):
+        """Create on a cluster: ``create_proposed.lua`` with an id proposed from the learnt
+        clock offset (one round trip), then, if it reserved an id instead,
+        ``create_reserved.lua`` under that id (a second one).
+
+        Returns:
+            ([timer id, fire ms, now ms], replicas that acknowledged the write that
+            stored the timer).
+        """
         url, delay_ms, request_id, at_ms, max_delay_ms, fields = timer
-        timer_id = self.reserve_id(keys=[self.seq_key], args=[self.index, ID_EPOCH_UNITS], client=node)
-        return scripts.queue(pipe, self.create_reserved, [self.record_key(timer_id), self.due_key],
-                             [timer_id, url, delay_ms, request_id, _optional(at_ms),
-                              _optional(max_delay_ms), *fields])
+        offset = self._clock_offset
+        first = None
+
+        def queue_proposal(pipe):
+            nonlocal first
+            # As late as may be: the lag from here to the script's run counts against the window.
+            first = None if offset is None else (time.monotonic_ns() + offset) // _UNIT_NS
+            proposed = () if first is None else range(first, first + PROPOSED_IDS * _STRIDE, _STRIDE)
+            return scripts.queue(pipe, self.create_proposed,
+                                 [self.seq_key, self.due_key,
+                                  *(self.record_key(n * SHARD_ID_BASE + self.index) for n in proposed)],
+                                 [self.index, ID_EPOCH_UNITS, _optional(first), PROPOSAL_WINDOW_UNITS, url,
+                                  delay_ms, request_id, _optional(at_ms), _optional(max_delay_ms), *fields])
+
+        # Without a proposal the id is only reserved: no WAIT for that.
+        (timer_id, fire_ms, now, clock), acknowledged = self._write_and_wait(
+            node, queue_proposal, wait=offset is not None)
+        self._learn_offset(int(clock), first)
+        if not int(timer_id):
+            return [timer_id, fire_ms, now], acknowledged  # beyond the longest delay: nothing stored
+        if int(fire_ms):
+            self.id_proposals["proposed"] += 1
+            return [timer_id, fire_ms, now], acknowledged
+        self.id_proposals["unproposed" if first is None else "refused"] += 1
+        return self._write_and_wait(node, lambda pipe: scripts.queue(
+            pipe, self.create_reserved, [self.record_key(timer_id), self.due_key],
+            [timer_id, url, delay_ms, request_id, _optional(at_ms), _optional(max_delay_ms), *fields]))
+
+    def _learn_offset(self, clock, first):
+        """Update the clock offset from a reply's ``clock`` (100 us units), received now.
+
+        The script ran before the reply arrived, at a moment of the shard's clock
+        at or after ``clock``, so ``clock`` minus our clock now is at most the true
+        offset; the largest such bound is kept. A first proposal above the shard's
+        clock means the offset shrank (the clock was stepped back, another node
+        took over): start again from this bound.
+        """
+        bound = clock * _UNIT_NS - time.monotonic_ns()
+        if self._clock_offset is None or first is None or first > clock:
+            self._clock_offset = bound
+        else:
+            self._clock_offset = max(self._clock_offset, bound)
 
     def create_timer(self, url, delay_ms, request_id="", client=None, at_ms=None, max_delay_ms=None,
                      fields=()):
@@ -328,7 +424,7 @@ class Shard:
         return self.topology.on_node(self.redis, self.seq_key, lambda node: self._create_on(node, timer))
 
     def _create_on(self, node, timer):
-        result, acknowledged = self._write_and_wait(node, lambda pipe: self._queue_create(node, pipe, timer))
+        result, acknowledged = self._create_with(node, timer)
         if int(result[0]) and acknowledged < self.wait_replicas:
             raise NotReplicated(int(result[0]), acknowledged, self.wait_replicas, result)
         return result
@@ -346,18 +442,20 @@ class Shard:
             return None if not exists else acknowledged >= self.wait_replicas
         return self.topology.on_node(self.redis, self.seq_key, confirm_on)
 
-    def _write_and_wait(self, node, queue_write):
+    def _write_and_wait(self, node, queue_write, wait=True):
         """Run the script ``queue_write(pipe)`` adds (and returns), then ``WAIT``, on one connection.
 
         WAIT counts the replicas that hold this connection's writes (Redis
         docs, WAIT), so both go down one connection of ``node`` (a plain client
         of the shard's server), in one round trip.
+        ``wait``: False: no ``WAIT`` (a write that stores no timer).
         Returns:
             (the script's result, replicas that acknowledged; 0 when none are asked for).
         """
         pipe = node.pipeline(transaction=False)
         script = queue_write(pipe)
-        if self.wait_replicas:
+        wait = wait and self.wait_replicas
+        if wait:
             pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
         try:
             results = pipe.execute()
@@ -365,8 +463,8 @@ class Shard:
             # A server new to this process (a promoted replica): load, then run
             # again (the refused script wrote nothing).
             node.script_load(script.script)
-            return self._write_and_wait(node, queue_write)
-        return results[0], int(results[1]) if self.wait_replicas else 0
+            return self._write_and_wait(node, queue_write, wait)
+        return results[0], int(results[1]) if wait else 0
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""

@@ -9,10 +9,12 @@ differs between the two, so no other module tests which one it runs on:
   against the slot map when the shard is first registered and kept in
   ``timers:tags`` for the life of the data (see :meth:`Cluster.tag`);
 * the Huey storage of each shard's queue;
-* the create strategy: on one server the create script makes the id and
-  builds the record key from it (one round trip); a cluster wants every key a
-  script touches in ``KEYS``, so the id is reserved first (``reserve_id.lua``)
-  and the create script then declares the record key (two round trips);
+* the create strategy (``declared_keys_only``): on one server the create
+  script makes the id and builds the record key from it; a cluster wants
+  every key a script touches in ``KEYS``, so the API proposes the id and
+  declares its record key (``create_proposed.lua``; ``sharding.store``,
+  "Ids"). One round trip either way, two on a cluster when a proposal is
+  refused;
 * the node a shard's writes go to, for ``WAIT`` on the connection of the
   write (redis-py's cluster client sends ``WAIT`` to a node of its own choosing), and what
   to do on a redirect (``MOVED``/``ASK``/``TRYAGAIN``) seen on that connection.

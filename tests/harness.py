@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import http.server
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ import redis
 import requests
 
 from sharding.embedded_redis import redis_server_binary, server_command
+from sharding.store import ID_EPOCH_UNITS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -92,6 +94,42 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def in_forked_children(target, args_of_each):
+    """Run ``target(*args, results)`` in a forked process for each tuple of ``args_of_each``.
+
+    Returns:
+        what each child put on the queue ``results``, in the order they arrived.
+    """
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    children = [fork.Process(target=target, args=(*args, results)) for args in args_of_each]
+    for child in children:
+        child.start()
+    got = [results.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(30)
+    return got
+
+
+def redis_micros(client):
+    """``client``'s Redis server clock (``TIME``) in epoch microseconds."""
+    secs, micros = client.time()
+    return secs * 1_000_000 + micros
+
+
+def clock_units(client):
+    """``client``'s Redis clock in id units (100 us since ``sharding.store.ID_EPOCH_UNITS``)."""
+    return redis_micros(client) // 100 - ID_EPOCH_UNITS
+
+
+def one_ms_later(client):
+    """Wait until ``client``'s Redis clock has moved on by 1 ms from now (the 1 ms of
+    ``shared/CONTRACT.md`` section 2's id order)."""
+    start = redis_micros(client)
+    wait_until(lambda: redis_micros(client) >= start + 1000, timeout=5, interval=0.0002,
+               message="the Redis clock to move on by 1 ms")
 
 
 def is_gone(process):

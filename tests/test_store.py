@@ -1,6 +1,5 @@
 """The timer store's scripts on a real Redis: ids, batch claims and batch finishes."""
 
-import multiprocessing
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from sharding.store import (
     home_shard,
     now_ms,
 )
-from tests.harness import wait_until
+from tests.harness import clock_units, in_forked_children, one_ms_later
 
 LIMITS = RetryLimits(max_attempts=10, max_seconds=86_400)
 
@@ -44,15 +43,7 @@ def _create_many(url, count, shards, results):
 
 
 def test_ids_are_unique_over_concurrent_creates_from_several_processes(store, redis_server):
-    fork = multiprocessing.get_context("fork")
-    results = fork.Queue()
-    children = [fork.Process(target=_create_many, args=(redis_server.url, 500, 4, results))
-                for _ in range(4)]
-    for child in children:
-        child.start()
-    batches = [results.get(timeout=120) for _ in children]
-    for child in children:
-        child.join(30)
+    batches = in_forked_children(_create_many, [(redis_server.url, 500, 4)] * 4)
     ids = [timer_id for batch in batches for timer_id in batch]
     assert len(ids) == 2000
     assert len(set(ids)) == 2000
@@ -64,44 +55,28 @@ def test_ids_are_unique_over_concurrent_creates_from_several_processes(store, re
             assert batch[shard::4] == sorted(batch[shard::4])
 
 
-def _redis_micros(client):
-    secs, micros = client.time()
-    return secs * 1_000_000 + micros
-
-
-def _one_ms_later(client):
-    """Wait until the Redis clock has moved on by 1 ms from now (contract section 2's rule)."""
-    start = _redis_micros(client)
-    wait_until(lambda: _redis_micros(client) >= start + 1000, timeout=5, interval=0.0002,
-               message="the Redis clock to move on by 1 ms")
-
-
 def test_a_timer_created_1_ms_after_another_has_a_larger_id_whatever_the_shards(store, redis_client):
     # Every ordered pair of shards, the higher first too: ids of one clock unit order by shard.
     pairs = [(a, b) for a in range(4) for b in range(4) if a != b] * 5
     for first_shard, second_shard in pairs:
         first, _, _ = store.create("https://x.test/h", 60_000, first_shard)
-        _one_ms_later(redis_client)
+        one_ms_later(redis_client)
         second, _, _ = store.create("https://x.test/h", 60_000, second_shard)
         assert second > first, (first_shard, second_shard, first, second)
 
 
-def _clock_units(client):
-    return _redis_micros(client) // 100 - ID_EPOCH_UNITS
-
-
 def test_a_counter_up_to_1_ms_ahead_of_the_clock_keeps_the_order(store, redis_client):
     # A burst of 10 creates within one 100 us unit leaves the counter 0.9 ms ahead.
-    redis_client.set(store.shard(3).seq_key, _clock_units(redis_client) + 9)
+    redis_client.set(store.shard(3).seq_key, clock_units(redis_client) + 9)
     first, _, _ = store.create("https://x.test/h", 60_000, 3)
-    _one_ms_later(redis_client)
+    one_ms_later(redis_client)
     second, _, _ = store.create("https://x.test/h", 60_000, 0)
     assert second > first
 
 
 def test_a_counter_far_ahead_of_the_clock_gives_unique_increasing_ids_on_its_shard(store, redis_client):
     # E.g. the clock stepped back, or a burst outran it: the counter only grows.
-    ahead = _clock_units(redis_client) + 10_000_000
+    ahead = clock_units(redis_client) + 10_000_000
     redis_client.set(store.shard(1).seq_key, ahead)
     first, _, _ = store.create("https://x.test/h", 60_000, 1)
     second, _, _ = store.create("https://x.test/h", 60_000, 1)
@@ -109,7 +84,7 @@ def test_a_counter_far_ahead_of_the_clock_gives_unique_increasing_ids_on_its_sha
     assert store.get(second)[0]["status"] == "scheduled"
     # The documented exception: another shard, on the clock, gives smaller ids until the
     # clock catches up (the order promise needs counters at most 1 ms ahead).
-    _one_ms_later(redis_client)
+    one_ms_later(redis_client)
     other, _, _ = store.create("https://x.test/h", 60_000, 0)
     assert other < first
 

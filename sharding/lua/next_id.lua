@@ -2,9 +2,9 @@
 -- id, n * 1000 + shard, where n is the larger of the counter + 1 and the clock in
 -- units of 100 microseconds since the id epoch (sharding.store.ID_EPOCH_UNITS).
 -- Needs `t`, the reply of TIME (now.lua).
+--! include id_clock
 local function next_id(counter, shard, epoch)
-  local clock = tonumber(t[1]) * 10000 + math.floor(tonumber(t[2]) / 100) - tonumber(epoch)
-  local n = math.max(tonumber(redis.call('GET', counter) or '0') + 1, clock)
+  local n = math.max(tonumber(redis.call('GET', counter) or '0') + 1, id_clock(epoch))
   redis.call('SET', counter, string.format('%d', n))
   return string.format('%d', n * 1000 + tonumber(shard))
 end
