@@ -291,15 +291,14 @@ class Shard:
             args += [_optional(at_ms), _optional(max_delay_ms), *fields]
         return args
 
-    def _create_in_one(self, node, pipe, timer):
-        return scripts.queue(pipe, self.create, [self.seq_key, self.due_key], self._create_args(timer))
+    def _create_in_one(self, node, timer):
+        return self.create, [self.seq_key, self.due_key], self._create_args(timer)
 
-    def _reserve_then_create(self, node, pipe, timer):
+    def _reserve_then_create(self, node, timer):
         url, delay_ms, request_id, at_ms, max_delay_ms, fields = timer
         timer_id = self.reserve_id(keys=[self.seq_key], args=[self.index, ID_EPOCH_UNITS], client=node)
-        return scripts.queue(pipe, self.create_reserved, [self.record_key(timer_id), self.due_key],
-                             [timer_id, url, delay_ms, request_id, _optional(at_ms),
-                              _optional(max_delay_ms), *fields])
+        return (self.create_reserved, [self.record_key(timer_id), self.due_key],
+                [timer_id, url, delay_ms, request_id, _optional(at_ms), _optional(max_delay_ms), *fields])
 
     def create_timer(self, url, delay_ms, request_id="", client=None, at_ms=None, max_delay_ms=None,
                      fields=()):
@@ -326,7 +325,7 @@ class Shard:
         return self.topology.on_node(self.redis, self.seq_key, lambda node: self._create_on(node, timer))
 
     def _create_on(self, node, timer):
-        result, acknowledged = self._write_and_wait(node, lambda pipe: self._queue_create(node, pipe, timer))
+        result, acknowledged = self._write_and_wait(node, *self._queue_create(node, timer))
         if int(result[0]) and acknowledged < self.wait_replicas:
             raise NotReplicated(int(result[0]), acknowledged, self.wait_replicas, result)
         return result
@@ -339,32 +338,35 @@ class Shard:
             None when the record does not exist.
         """
         def confirm_on(node):
-            exists, acknowledged = self._write_and_wait(node, lambda pipe: scripts.queue(
-                pipe, self.confirm_write, [self.record_key(timer_id)], []))
+            exists, acknowledged = self._write_and_wait(node, self.confirm_write,
+                                                        [self.record_key(timer_id)], [])
             return None if not exists else acknowledged >= self.wait_replicas
         return self.topology.on_node(self.redis, self.seq_key, confirm_on)
 
-    def _write_and_wait(self, node, queue_write):
-        """Run the script ``queue_write(pipe)`` adds (and returns), then ``WAIT``, on one connection.
+    def _write_and_wait(self, node, script, keys, args):
+        """Run ``script`` (a registered ``Script``) on ``node``, then ``WAIT`` on the same connection.
 
         WAIT counts the replicas that hold this connection's writes (Redis
         docs, WAIT), so both go down one connection of ``node`` (a plain client
-        of the shard's server), in one round trip.
+        of the shard's server), pipelined in one round trip. Without replicas to
+        wait for, the script is one bare ``EVALSHA``: a pipeline's own work cost
+        25,000 instructions of a create's ~630,000 (docs/BENCHMARKS.md, "Create path").
         Returns:
             (the script's result, replicas that acknowledged; 0 when none are asked for).
         """
-        pipe = node.pipeline(transaction=False)
-        script = queue_write(pipe)
-        if self.wait_replicas:
-            pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
         try:
-            results = pipe.execute()
+            if not self.wait_replicas:
+                return node.evalsha(script.sha, len(keys), *keys, *args), 0
+            pipe = node.pipeline(transaction=False)
+            scripts.queue(pipe, script, keys, args)
+            pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+            result, acknowledged = pipe.execute()
         except redis.exceptions.NoScriptError:
-            # A server new to this process (a promoted replica): load, then run
-            # again (the refused script wrote nothing).
+            # A server new to this process (a promoted replica, a restart without
+            # the script): load, then run again (the refused script wrote nothing).
             node.script_load(script.script)
-            return self._write_and_wait(node, queue_write)
-        return results[0], int(results[1]) if self.wait_replicas else 0
+            return self._write_and_wait(node, script, keys, args)
+        return result, int(acknowledged)
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""
