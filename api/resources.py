@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import functools
 import io
 import json
 import logging
@@ -34,11 +35,12 @@ RUN_REFUSED = ("firing", "fired", "cancelled")
 
 
 def _no_duplicate_keys(pairs):
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [key for key, _ in pairs]
         duplicate = next(key for key in keys if keys.count(key) > 1)
         raise FieldError(duplicate, "appears more than once in the object")
-    return dict(pairs)
+    return obj
 
 
 # A repeated key is ambiguous input: refused rather than silently taking the last value.
@@ -49,7 +51,13 @@ _JSON = falcon.media.JSONHandler(loads=json.JSONDecoder(object_pairs_hook=_no_du
 def rfc3339_ms(epoch_ms):
     """Epoch milliseconds → RFC 3339 UTC text with milliseconds, e.g. ``2026-11-29T17:30:00.250Z``."""
     secs, millis = divmod(int(epoch_ms), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
+    return f"{_utc_seconds(secs)}.{millis:03d}Z"
+
+
+# Timers created within one second share their fire time's second: it is formatted once.
+@functools.lru_cache(maxsize=1024)
+def _utc_seconds(secs):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
 
 
 def time_left_s(record, now):
