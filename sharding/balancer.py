@@ -59,8 +59,7 @@ class LeastBusy:
             now = self._clock()
             if self._depths is None or now - self._read_at >= self._refresh_s:
                 self._refresh(now)
-            # One pass for the lowest depth and its ties (runs on every create: the
-            # comprehensions it replaces cost twice the instructions).
+            # The lowest depth and its ties in one pass: this runs on every create.
             depths, down = self._depths, self._down_until
             lowest, ties = None, []
             for i, depth in enumerate(depths):
