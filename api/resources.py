@@ -44,8 +44,11 @@ def _no_duplicate_keys(pairs):
 
 
 # A repeated key is ambiguous input: refused rather than silently taking the last value.
-# One decoder for every request (json.loads with a hook builds a new one per call).
-_JSON = falcon.media.JSONHandler(loads=json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode)
+# One decoder for every request (json.loads with a hook builds a new one per call), and one
+# encoder for every response: Falcon's default, json.dumps(ensure_ascii=False), builds a
+# JSONEncoder per call, a quarter of the instructions of encoding a 201's body.
+JSON_MEDIA = falcon.media.JSONHandler(loads=json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode,
+                                      dumps=json.JSONEncoder(ensure_ascii=False).encode)
 
 
 def rfc3339_ms(epoch_ms):
@@ -156,7 +159,7 @@ def read_json_body(req):
             title="Invalid body", headers={"Connection": "close"},
             description=f"the body ended after {len(raw)} of its Content-Length {req.content_length} bytes")
     try:
-        return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))
+        return JSON_MEDIA.deserialize(io.BytesIO(raw), req.content_type, len(raw))
     except RecursionError:
         raise falcon.HTTPBadRequest(title="Invalid JSON",
                                     description="the body is nested too deeply") from None
