@@ -9,7 +9,7 @@ import logging
 
 import falcon
 
-from api import dashboard, openapi
+from api import dashboard, openapi, resources
 from api.auth import BearerAuth
 from api.middleware import RequestContext
 from api.resources import Health, Metrics, Ready, Shards, TimerCollection, TimerItem, TimerRun
@@ -78,6 +78,8 @@ def create_app(settings=None, store=None):
         middleware.append(BearerAuth(settings.api_tokens))
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    # Falcon's documented way to swap a media handler ("Replacing the Default Handlers").
+    app.resp_options.media_handlers.update({falcon.MEDIA_JSON: resources.JSON_MEDIA})
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, _unexpected)
     for error in (*REDIS_ERRORS, NoShardAvailable):

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import functools
 import io
 import json
 import logging
@@ -34,22 +35,32 @@ RUN_REFUSED = ("firing", "fired", "cancelled")
 
 
 def _no_duplicate_keys(pairs):
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [key for key, _ in pairs]
         duplicate = next(key for key in keys if keys.count(key) > 1)
         raise FieldError(duplicate, "appears more than once in the object")
-    return dict(pairs)
+    return obj
 
 
 # A repeated key is ambiguous input: refused rather than silently taking the last value.
-# One decoder for every request (json.loads with a hook builds a new one per call).
-_JSON = falcon.media.JSONHandler(loads=json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode)
+# One decoder for every request (json.loads with a hook builds a new one per call), and one
+# encoder for every response: Falcon's default, json.dumps(ensure_ascii=False), builds a
+# JSONEncoder per call, a quarter of the instructions of encoding a 201's body.
+JSON_MEDIA = falcon.media.JSONHandler(loads=json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode,
+                                      dumps=json.JSONEncoder(ensure_ascii=False).encode)
 
 
 def rfc3339_ms(epoch_ms):
     """Epoch milliseconds → RFC 3339 UTC text with milliseconds, e.g. ``2026-11-29T17:30:00.250Z``."""
     secs, millis = divmod(int(epoch_ms), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
+    return f"{_utc_seconds(secs)}.{millis:03d}Z"
+
+
+# Timers created within one second share their fire time's second: it is formatted once.
+@functools.lru_cache(maxsize=1024)
+def _utc_seconds(secs):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
 
 
 def time_left_s(record, now):
@@ -148,7 +159,7 @@ def read_json_body(req):
             title="Invalid body", headers={"Connection": "close"},
             description=f"the body ended after {len(raw)} of its Content-Length {req.content_length} bytes")
     try:
-        return _JSON.deserialize(io.BytesIO(raw), req.content_type, len(raw))
+        return JSON_MEDIA.deserialize(io.BytesIO(raw), req.content_type, len(raw))
     except RecursionError:
         raise falcon.HTTPBadRequest(title="Invalid JSON",
                                     description="the body is nested too deeply") from None

@@ -275,6 +275,8 @@ def parse_payload(body):
     Raises:
         FieldError: on ``body``, ``content_type``, ``headers`` or ``headers.<name>``.
     """
+    if body.keys().isdisjoint(PAYLOAD_FIELDS):
+        return None  # most timers carry no payload: no Payload built to compare with an empty one
     checks = {"body": _body, "content_type": _content_type, "headers": _headers}
     payload = Payload(**{field: check(body[field]) for field, check in checks.items() if field in body})
     return None if payload == Payload() else payload

@@ -59,15 +59,21 @@ class LeastBusy:
             now = self._clock()
             if self._depths is None or now - self._read_at >= self._refresh_s:
                 self._refresh(now)
-            candidates = [i for i, depth in enumerate(self._depths)
-                          if depth is not None and self._down_until.get(i, 0.0) <= now]
-            if not candidates:
+            # The lowest depth and its ties in one pass: this runs on every create.
+            depths, down = self._depths, self._down_until
+            lowest, ties = None, []
+            for i, depth in enumerate(depths):
+                if depth is None or (down and down.get(i, 0.0) > now):
+                    continue
+                if lowest is None or depth < lowest:
+                    lowest, ties = depth, [i]
+                elif depth == lowest:
+                    ties.append(i)
+            if not ties:
                 raise NoShardAvailable("no shard's Redis answered a moment ago")
-            lowest = min(self._depths[i] for i in candidates)
-            ties = [i for i in candidates if self._depths[i] == lowest]
             choice = ties[self._turn % len(ties)]
             self._turn += 1
-            self._depths[choice] += 1
+            depths[choice] += 1
             return choice
 
     def _refresh(self, now):

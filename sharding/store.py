@@ -343,8 +343,7 @@ class Shard:
         return args
 
     def _create_in_one(self, node, timer):
-        return self._write_and_wait(node, lambda pipe: scripts.queue(
-            pipe, self.create, [self.seq_key, self.due_key], self._create_args(timer)))
+        return self._write_and_wait(node, self.create, [self.seq_key, self.due_key], self._create_args(timer))
 
     def _create_proposed(self, node, timer):
         """Create on a cluster: ``create_proposed.lua`` with an id proposed from the learnt
@@ -357,22 +356,16 @@ class Shard:
         """
         url, delay_ms, request_id, at_ms, max_delay_ms, fields = timer
         offset = self._clock_offset
-        first = None
-
-        def queue_proposal(pipe):
-            nonlocal first
-            # As late as may be: the lag from here to the script's run counts against the window.
-            first = None if offset is None else (time.monotonic_ns() + offset) // _UNIT_NS
-            proposed = () if first is None else range(first, first + PROPOSED_IDS * _STRIDE, _STRIDE)
-            return scripts.queue(pipe, self.create_proposed,
-                                 [self.seq_key, self.due_key,
-                                  *(self.record_key(n * SHARD_ID_BASE + self.index) for n in proposed)],
-                                 [self.index, ID_EPOCH_UNITS, _optional(first), PROPOSAL_WINDOW_UNITS, url,
-                                  delay_ms, request_id, _optional(at_ms), _optional(max_delay_ms), *fields])
-
+        # As late as may be: the lag from here to the script's run counts against the window.
+        first = None if offset is None else (time.monotonic_ns() + offset) // _UNIT_NS
+        proposed = () if first is None else range(first, first + PROPOSED_IDS * _STRIDE, _STRIDE)
+        keys = [self.seq_key, self.due_key,
+                *(self.record_key(n * SHARD_ID_BASE + self.index) for n in proposed)]
+        args = [self.index, ID_EPOCH_UNITS, _optional(first), PROPOSAL_WINDOW_UNITS, url, delay_ms,
+                request_id, _optional(at_ms), _optional(max_delay_ms), *fields]
         # Without a proposal the id is only reserved: no WAIT for that.
         (timer_id, fire_ms, now, clock), acknowledged = self._write_and_wait(
-            node, queue_proposal, wait=offset is not None)
+            node, self.create_proposed, keys, args, wait=offset is not None)
         self._learn_offset(int(clock), first)
         if not int(timer_id):
             return [timer_id, fire_ms, now], acknowledged  # beyond the longest delay: nothing stored
@@ -380,9 +373,9 @@ class Shard:
             self.id_proposals["proposed"] += 1
             return [timer_id, fire_ms, now], acknowledged
         self.id_proposals["unproposed" if first is None else "refused"] += 1
-        return self._write_and_wait(node, lambda pipe: scripts.queue(
-            pipe, self.create_reserved, [self.record_key(timer_id), self.due_key],
-            [timer_id, url, delay_ms, request_id, _optional(at_ms), _optional(max_delay_ms), *fields]))
+        return self._write_and_wait(node, self.create_reserved, [self.record_key(timer_id), self.due_key],
+                                    [timer_id, url, delay_ms, request_id, _optional(at_ms),
+                                     _optional(max_delay_ms), *fields])
 
     def _learn_offset(self, clock, first):
         """Update the clock offset from a reply's ``clock`` (100 us units), received now.
@@ -437,34 +430,37 @@ class Shard:
             None when the record does not exist.
         """
         def confirm_on(node):
-            exists, acknowledged = self._write_and_wait(node, lambda pipe: scripts.queue(
-                pipe, self.confirm_write, [self.record_key(timer_id)], []))
+            exists, acknowledged = self._write_and_wait(node, self.confirm_write,
+                                                        [self.record_key(timer_id)], [])
             return None if not exists else acknowledged >= self.wait_replicas
         return self.topology.on_node(self.redis, self.seq_key, confirm_on)
 
-    def _write_and_wait(self, node, queue_write, wait=True):
-        """Run the script ``queue_write(pipe)`` adds (and returns), then ``WAIT``, on one connection.
+    def _write_and_wait(self, node, script, keys, args, wait=True):
+        """Run ``script`` (a registered ``Script``) on ``node``, then ``WAIT`` on the same connection.
 
         WAIT counts the replicas that hold this connection's writes (Redis
         docs, WAIT), so both go down one connection of ``node`` (a plain client
-        of the shard's server), in one round trip.
+        of the shard's server), pipelined in one round trip. Without replicas to
+        wait for, the script is one bare ``EVALSHA``: a pipeline's own work cost
+        25,000 instructions of a create's ~630,000 (docs/BENCHMARKS.md, "Create path").
         ``wait``: False: no ``WAIT`` (a write that stores no timer).
         Returns:
             (the script's result, replicas that acknowledged; 0 when none are asked for).
         """
-        pipe = node.pipeline(transaction=False)
-        script = queue_write(pipe)
         wait = wait and self.wait_replicas
-        if wait:
-            pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
         try:
-            results = pipe.execute()
+            if not wait:
+                return node.evalsha(script.sha, len(keys), *keys, *args), 0
+            pipe = node.pipeline(transaction=False)
+            scripts.queue(pipe, script, keys, args)
+            pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+            result, acknowledged = pipe.execute()
         except redis.exceptions.NoScriptError:
-            # A server new to this process (a promoted replica): load, then run
-            # again (the refused script wrote nothing).
+            # A server new to this process (a promoted replica, a restart without
+            # the script): load, then run again (the refused script wrote nothing).
             node.script_load(script.script)
-            return self._write_and_wait(node, queue_write, wait)
-        return results[0], int(results[1]) if wait else 0
+            return self._write_and_wait(node, script, keys, args, wait)
+        return result, int(acknowledged)
 
     def record_key(self, timer_id):
         """Redis key of ``timer_id``'s record on this shard."""

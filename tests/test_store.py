@@ -36,6 +36,18 @@ def test_ids_come_from_the_redis_clock_in_100_microsecond_units(store):
     assert timer_id < 2 ** 53
 
 
+def test_a_create_after_the_server_lost_its_scripts_loads_it_and_stores_one_timer(store, redis_client):
+    # A restarted or promoted server knows none of this process's scripts (NoScriptError):
+    # the create loads it and runs again, and the refused first try stored nothing.
+    first, _, _ = store.create("https://x.test/h", 60_000, 1)
+    redis_client.script_flush()
+    second, record, _ = store.create("https://x.test/h", 60_000, 1)
+    assert second > first
+    assert record["status"] == "scheduled"
+    assert redis_client.zrange("due:{t1}", 0, -1) == [str(first).encode(), str(second).encode()]
+    assert store.get(second)[0]["url"] == "https://x.test/h"
+
+
 def _create_many(url, count, shards, results):
     """Child process: ``count`` creates spread over ``shards`` shards; puts the ids on ``results``."""
     store = TimerStore(url)
