@@ -45,8 +45,11 @@ def record_fields(script=None):
     if not match:
         return _DEFAULT_FIELDS
     args = [a.strip() for a in match.group(1).split(",")]
-    names = tuple(a.strip("'\"") for a in args[0::2])
-    return names if names and all(re.fullmatch(r"'\w+'|\"\w+\"", a) for a in args[0::2]) else _DEFAULT_FIELDS
+    # The fixed fields are quoted names; what follows them (the optional pairs a
+    # timer without payload or retry does not have) is not.
+    names = tuple(itertools.takewhile(bool, (a[1:-1] if re.fullmatch(r"'\w+'|\"\w+\"", a) else ""
+                                             for a in args[0::2])))
+    return names or _DEFAULT_FIELDS
 
 
 class BaselineTimers:

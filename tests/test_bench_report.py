@@ -6,6 +6,7 @@ import time
 import pytest
 
 from bench import report
+from bench.baseline_app import record_fields
 from bench.run import TARGETS, Budget, evaluate, shard_shares
 
 SINGLE = {"create_ratio": 0.9, "fire_ratio": 0.86, "lateness_p50_s": 0.03, "lateness_p99_s": 0.2,
@@ -118,3 +119,9 @@ def test_timers_spread_over_the_shards_in_turn(start, count, shards, shares):
     for k in range(start, start + count):
         expected[k % shards] += 1
     assert shares == expected
+
+
+def test_the_baseline_writes_the_fields_of_the_products_bare_record():
+    # Read from the create script (its HSET, the optional pairs after the fixed fields left out):
+    # the same fields a bare timer's record holds (tests/test_store.py).
+    assert record_fields() == ("u", "f", "s", "r")
