@@ -51,6 +51,7 @@ class Feeder(BaseProcess):
         self.index = index
         self.tick_s = tick_s
         self.visibility_ms = visibility_ms
+        self.failing = False
 
     def initialize(self):
         """Log the feeder's settings (Huey's own scheduler line does not apply)."""
@@ -58,14 +59,23 @@ class Feeder(BaseProcess):
                                                    "visibility_ms": self.visibility_ms})
 
     def loop(self, now=None):
-        """Feed every due timer (in batches), then sleep until the next tick."""
+        """Feed every due timer (in batches), then sleep until the next tick.
+
+        A failure is logged once until a feed succeeds again: a Redis that
+        is loading its AOF or down would otherwise log one line per tick.
+        """
         begun = time.monotonic()
         try:
             while self.store.feed(self.index, self.index, self.visibility_ms, self.spread) == FEED_BATCH:
                 if self.stop_flag.is_set():
                     break
+            if self.failing:
+                self._logger.info("feeding again", extra={"shard": self.index})
+                self.failing = False
         except REDIS_ERRORS as exc:
-            self._logger.warning("feeding failed", extra={"error": str(exc)})
+            if not self.failing:
+                self._logger.warning("feeding failed", extra={"error": str(exc)})
+            self.failing = True
         self.sleep_for_interval(begun, self.tick_s)
 
 
@@ -111,10 +121,15 @@ class TimerConsumer(Consumer):
     def _join_workers(self):
         # Huey's graceful stop joins its threads (which take no more messages),
         # then the dispatcher's sends in flight get what is left of the timeout.
+        # What the dispatcher could not finish it logs itself; Huey's "shutdown
+        # timeout elapsed" stays for its own threads.
         began = time.monotonic()
         joined = super()._join_workers()
         left = self.shutdown_timeout - (time.monotonic() - began)
-        return self.dispatcher.close(max(left, 0.0)) and joined
+        if not self.dispatcher.close(max(left, 0.0)):
+            self._logger.warning("deliveries left to recovery at shutdown: cut off, or their outcomes "
+                                 "not recorded (their leases bring them back)")
+        return joined
 
 
 def _open_shard(store, index):
