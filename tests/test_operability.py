@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.idempotency import IdempotencyKeys
-from tests.harness import json_lines, wait_until
+from tests.harness import consumers_ready, json_lines, wait_until
 
 TIMEOUT = 10
 DEAD_REDIS = "redis://127.0.0.1:1/0"
@@ -507,3 +507,20 @@ def test_consumers_log_the_feeder_tick_not_hueys_scheduler_interval(make_service
     assert [(e["shard"], e["tick_s"]) for e in started] == [(0, 0.1)]
     assert "Huey consumer started" in service.logs("workers")
     assert "Scheduler runs every" not in service.logs("workers")
+
+
+def test_a_redis_outage_is_logged_once_per_feeder_not_every_tick(make_service, redis_server):
+    service = make_service(env={"TIMER_SHARDS": "2", "TIMER_WORKERS_PER_SHARD": "1"}).start("workers")
+    consumers_ready(service, 2)
+
+    def lines(message):
+        return [line for line in json_lines(service.logs("workers")) if line.get("message") == message]
+
+    redis_server.kill9()
+    # Each feeder ticks every 0.1 s; one line each for the whole outage.
+    wait_until(lambda: len(lines("feeding failed")) == 2, timeout=20, message="each feeder to log the outage")
+    outage_ticks = 20
+    time.sleep(outage_ticks * 0.1)
+    redis_server.start()
+    wait_until(lambda: len(lines("feeding again")) == 2, timeout=30, message="each feeder to log it is back")
+    assert len(lines("feeding failed")) == 2
