@@ -106,6 +106,10 @@ from sharding import queues, scripts, topology
 
 SHARD_ID_BASE = 1000
 FEED_BATCH = 500
+# A shard's queue is fed while it holds fewer messages than this per consumer (32
+# messages of up to 16 timers: over a second of a consumer's work on a fast machine,
+# a small share of the visibility timeout).
+QUEUED_MESSAGES_PER_CONSUMER = 32
 STATUSES = ("scheduled", "retrying", "firing", "fired", "failed", "cancelled")
 FINAL = ("fired", "failed", "cancelled")
 # 2026-01-01T00:00:00Z in units of 100 microseconds: ids count from there.
@@ -683,13 +687,24 @@ class TimerStore:
         ``queues.MAX_TIMERS_PER_MESSAGE`` timers. A batch costs three Redis round trips
         instead of three per timer: on 2 cores this is what lets the service
         fire 500 timers/s while it creates as many (docs/BENCHMARKS.md).
+        A shard's own queue is fed only while it holds fewer than
+        :data:`QUEUED_MESSAGES_PER_CONSUMER` messages per consumer (``spread``):
+        a backlog waits in the due index, so that no fed timer waits out its
+        visibility timeout on a long queue and is fed (and claimed in vain) a
+        second time. A retired shard's timers fed to a live queue (another
+        slot on a cluster) are not held back.
         Returns:
             the number of timers put on the queue.
         """
-        ids = [int(i) for i in self.shard(due_index).feed(keys=[self.shard(due_index).due_key],
-                                                           args=[limit, visibility_ms])]
+        due = self.shard(due_index)
+        queue = self.shard(queue_index)
+        if due_index == queue_index:
+            keys, args = [due.due_key, queue.queue_key], [limit, visibility_ms,
+                                                          QUEUED_MESSAGES_PER_CONSUMER * max(1, spread)]
+        else:
+            keys, args = [due.due_key], [limit, visibility_ms]
+        ids = [int(i) for i in due.feed(keys=keys, args=args)]
         if ids:
-            queue = self.shard(queue_index)
             size = min(queues.MAX_TIMERS_PER_MESSAGE, -(-len(ids) // max(1, spread)))
             queue.redis.lpush(queue.queue_key, *(queues.message_for(ids[k:k + size])
                                                  for k in range(0, len(ids), size)))

@@ -7,6 +7,7 @@ import pytest
 from sharding.queues import timers_of
 from sharding.store import (
     ID_EPOCH_UNITS,
+    QUEUED_MESSAGES_PER_CONSUMER,
     BeyondMaxDelay,
     Finish,
     Payload,
@@ -403,3 +404,20 @@ def test_release_undoes_claims_never_sent_and_leaves_others_alone(store, redis_c
     redis_client.zadd(shard.due_key, {fresh: 0, retried: 0})
     assert [(c.status, c.attempt) for c in store.claim([fresh, retried], lease_ms=10_000)] == [
         ("firing", 1), ("firing", 2)]
+
+
+def test_a_shards_own_queue_is_fed_only_while_it_is_short(store, redis_client):
+    shard = store.shard(0)
+    due = _due_now(store, 0, 3)
+    long_queue = [b'{"timers":[1000]}'] * (2 * QUEUED_MESSAGES_PER_CONSUMER)
+    redis_client.lpush(shard.queue_key, *long_queue)
+    # Two consumers' worth of messages queued: the backlog waits in the due index, not hidden.
+    assert store.feed(0, 0, 30_000, spread=2) == 0
+    assert redis_client.zrangebyscore(shard.due_key, "-inf", now_ms(redis_client)) == [b"%d" % i for i in due]
+    # With room for a third consumer's messages, they are fed.
+    assert store.feed(0, 0, 30_000, spread=3) == 3
+    assert [timers_of(m) for m in redis_client.lrange(shard.queue_key, 0, 2)] == [[i] for i in reversed(due)]
+    # A retired shard's timers fed to another shard's queue are not held back by its length.
+    redis_client.zadd(shard.due_key, dict.fromkeys(due, 0))
+    redis_client.lpush(store.shard(1).queue_key, *long_queue)
+    assert store.feed(0, 1, 30_000, spread=1) == 3
