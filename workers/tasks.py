@@ -30,7 +30,6 @@ per :data:`FLUSH_S`, whatever the number of senders (docs/BENCHMARKS.md, "Fire p
 """
 
 import collections
-import itertools
 import logging
 import threading
 import time
@@ -94,7 +93,6 @@ class Dispatcher:
         self.store = store
         self.sender = sender
         self.settings = settings
-        self.count = count
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # senders wait for claimed timers
         self._room = threading.Condition(self._lock)  # the Huey worker waits for room
@@ -224,7 +222,7 @@ class Dispatcher:
                 self._give_back(late)
             # Sends to slow receivers keep their leases; a killed consumer
             # stops renewing and recovery takes them back.
-            for claims in _by_home_shard(renew, lambda claim: claim.timer_id):
+            for claims in _grouped(renew, lambda claim: home_shard(claim.timer_id)).values():
                 self.store.renew(claims, self.settings.lease_ms)
         except REDIS_ERRORS as exc:
             log.warning("consumer upkeep failed", extra={"error": str(exc)})
@@ -243,10 +241,10 @@ class Dispatcher:
         """
         visibility_ms = int(self.settings.visibility_seconds * 1000)
         released = set()
-        for group in _by_home_shard(late, lambda waiting: waiting.claim.timer_id):
+        for group in _grouped(late, lambda waiting: home_shard(waiting.claim.timer_id)).values():
             released.update(self.store.release([waiting.claim for waiting in group], visibility_ms))
-        late = sorted((w for w in late if w.claim.timer_id in released), key=lambda w: w.queue_index)
-        for queue_index, group in itertools.groupby(late, key=lambda w: w.queue_index):
+        back = _grouped((w for w in late if w.claim.timer_id in released), lambda w: w.queue_index)
+        for queue_index, group in back.items():
             ids = [w.claim.timer_id for w in group]
             for k in range(0, len(ids), MAX_TIMERS_PER_MESSAGE):
                 self.store.give_back(queue_index, ids[k:k + MAX_TIMERS_PER_MESSAGE])
@@ -255,7 +253,7 @@ class Dispatcher:
     def _record(self, sent):
         """Record the outcomes of ``sent`` attempts, one script per home shard; on a Redis
         error, log it and keep the outcomes not recorded for the next upkeep."""
-        for group in _by_home_shard(sent, lambda s: s.finish.timer_id):
+        for group in _grouped(sent, lambda s: home_shard(s.finish.timer_id)).values():
             try:
                 _record(self.store, self.settings.retry_limits, group)
             except REDIS_ERRORS as exc:
@@ -286,12 +284,12 @@ class Dispatcher:
             return not self._busy and not self._done
 
 
-def _by_home_shard(items, timer_id):
-    """``items`` grouped into lists of one home shard each (``timer_id(item)`` gives its timer)."""
+def _grouped(items, key):
+    """``items`` grouped by ``key(item)``: dict key → list of items, in their order."""
     groups = {}
     for item in items:
-        groups.setdefault(home_shard(timer_id(item)), []).append(item)
-    return list(groups.values())
+        groups.setdefault(key(item), []).append(item)
+    return groups
 
 
 def _attempt(claim, claimed_at, sender):
