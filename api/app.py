@@ -16,7 +16,7 @@ from api.resources import Health, Metrics, Ready, Shards, TimerCollection, Timer
 from api.validation import TimerIdConverter
 from sharding import config
 from sharding.balancer import LeastBusy, NoShardAvailable
-from sharding.store import NotReplicated
+from sharding.shard import NotReplicated
 from sharding.topology import REDIS_ERRORS
 
 log = logging.getLogger("api")

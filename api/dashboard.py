@@ -64,7 +64,9 @@ from api.resources import (
 from api.validation import FieldError, TimerIdConverter, normalize_host, url_host
 from sharding import metrics
 from sharding.config import SERVICE_NAME, VERSION
-from sharding.store import STATUSES, home_shard, now_ms
+from sharding.ids import home_shard
+from sharding.records import STATUSES
+from sharding.store import now_ms
 
 log = logging.getLogger("api.dashboard")
 

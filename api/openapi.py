@@ -9,7 +9,7 @@ import importlib.util
 import os
 
 from sharding.config import SERVICE_NAME, VERSION
-from sharding.store import STATUSES
+from sharding.records import STATUSES
 
 
 def _error(description, example_title, example_description):

@@ -16,7 +16,9 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from api.idempotency import IdempotencyKeys, check_key, fingerprint
 from api.validation import FieldError, parse_create, parse_reschedule, parse_run, printable, url_host
 from sharding import metrics, queues
-from sharding.store import STATUSES, BeyondMaxDelay, NotReplicated, home_shard, now_ms
+from sharding.ids import home_shard
+from sharding.records import STATUSES
+from sharding.store import BeyondMaxDelay, NotReplicated, now_ms
 from sharding.topology import REDIS_ERRORS
 
 log = logging.getLogger("api")

@@ -12,7 +12,7 @@ import ciso8601
 import falcon
 import idna
 
-from sharding.store import Payload
+from sharding.records import Payload
 
 MAX_URL_LENGTH = 2048
 DURATION_FIELDS = {"hours": 3600, "minutes": 60, "seconds": 1}
@@ -139,7 +139,7 @@ def check_host(host):
 
 class TimerRequest(NamedTuple):
     """A valid create-timer body: ``delay_s`` (seconds from now; 0 with ``fire_at_ms``),
-    ``url``, ``fire_at_ms`` (epoch ms, or None), ``payload`` (``sharding.store.Payload`` or None),
+    ``url``, ``fire_at_ms`` (epoch ms, or None), ``payload`` (``sharding.records.Payload`` or None),
     ``retry`` (the timer's own limits, see :func:`parse_retry`, or None)."""
 
     delay_s: int
@@ -271,7 +271,7 @@ def parse_payload(body):
     to values of visible ASCII with inner spaces (RFC 9110 field-content), at most 1 KiB.
 
     Returns:
-        ``sharding.store.Payload``, or None when none of the three is given.
+        ``sharding.records.Payload``, or None when none of the three is given.
     Raises:
         FieldError: on ``body``, ``content_type``, ``headers`` or ``headers.<name>``.
     """

@@ -25,9 +25,9 @@ import time
 import falcon
 import redis
 
-from sharding import config, queues, scripts, store
+from sharding import config, ids, queues, scripts
 
-SHARD_ID_BASE = store.SHARD_ID_BASE
+SHARD_ID_BASE = ids.SHARD_ID_BASE
 _DEFAULT_FIELDS = ("u", "f", "s", "a", "r")
 
 

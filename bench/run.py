@@ -117,9 +117,10 @@ from bench.fast_receiver import FastReceiver
 from bench.sizing import LATENESS_SHARE_OF_CREATE_RATE, lateness_rate, steady_rate, timers_for_work
 from sharding import config, logs
 from sharding.balancer import LeastBusy
+from sharding.ids import ID_EPOCH_UNITS
 from sharding.local_cluster import LocalCluster
 from sharding.recovery import recover
-from sharding.store import FEED_BATCH, ID_EPOCH_UNITS, TimerStore, now_ms
+from sharding.store import FEED_BATCH, TimerStore, now_ms
 from tests.harness import BIN, RedisServer, Service, empty_cluster, free_cluster_port, json_lines, wait_until
 
 log = logging.getLogger("bench.run")
@@ -358,7 +359,7 @@ def store_batch(shard, count, delay_ms, url, request_id=new_request_id):
     slot (``topology.on_node``), which holds every key of the shard.
 
     Args:
-        shard: ``sharding.store.Shard``.
+        shard: ``sharding.shard.Shard``.
         delay_ms: as :func:`populate`'s, computed per timer as it is queued.
         url: the webhook url of every timer.
         request_id: callable returning each timer's request id (default: a new one, as the API's).

@@ -8,7 +8,8 @@ import dataclasses
 import ipaddress
 import os
 
-from sharding.store import RetryLimits, TimerStore
+from sharding.records import RetryLimits
+from sharding.store import TimerStore
 
 # Webhooks may never reach these (TIMER_WEBHOOK_DENY_NETWORKS default):
 # link-local (cloud metadata at 169.254.169.254), "this network",
@@ -105,7 +106,7 @@ class Settings:
 
     @property
     def retry_limits(self):
-        """The default :class:`sharding.store.RetryLimits` of every timer."""
+        """The default :class:`sharding.records.RetryLimits` of every timer."""
         return RetryLimits(self.webhook_max_attempts, self.webhook_max_retry_seconds)
 
     @property

@@ -95,7 +95,7 @@ def recover(store, balancer, live_count, limits, visibility_ms, grace_ms=None):
         store: ``sharding.store.TimerStore``.
         balancer: ``sharding.balancer.LeastBusy`` over the live shards.
         live_count: number N of live shards (``0..N-1``).
-        limits: the default ``sharding.store.RetryLimits`` (delivery attempts
+        limits: the default ``sharding.records.RetryLimits`` (delivery attempts
             and retry window before a timer is failed).
         visibility_ms: the feeders' visibility timeout in milliseconds.
         grace_ms: how overdue a fed timer missing from its queue must be before

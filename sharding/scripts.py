@@ -32,6 +32,41 @@ def register(client, *names):
     return [client.register_script(source(name)) for name in names]
 
 
+def run_once(client, script, keys, args):
+    """``EVALSHA`` of ``script`` on one connection of ``client``'s pool, sent once, never again.
+
+    redis-py's ``Redis.execute_command`` sends a command again after a
+    connection error or a timeout (its default ``Retry``: 3 more times), and a
+    create that ran before its reply was lost would then store a second
+    timer; it also costs about 20 us of CPU per call around the round trip
+    (docs/BENCHMARKS.md, "Create path"). This takes a connection from the
+    pool, sends, reads and gives it back; redis-py's ``Connection`` closes
+    itself on any error but an error reply, so no stale reply is left for the
+    connection's next user.
+
+    Args:
+        client: a ``redis.Redis`` of the server that holds ``keys``.
+        script: a registered ``Script``.
+    Returns:
+        the script's reply.
+    Raises:
+        redis.exceptions.NoScriptError: the server lacks the script (nothing ran).
+        redis.exceptions.ConnectionError, TimeoutError: the script may or may not have run.
+    """
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return connection.read_response()
+    finally:
+        pool.release(connection)
+
+
+def optional(number):
+    """A script argument for an optional integer: the integer, or '' for None."""
+    return "" if number is None else int(number)
+
+
 def queue(pipe, script, keys, args):
     """Add ``script`` (a registered ``Script``) to ``pipe`` as a bare ``EVALSHA``.
 

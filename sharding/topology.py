@@ -12,8 +12,8 @@ differs between the two, so no other module tests which one it runs on:
 * the create strategy (``declared_keys_only``): on one server the create
   script makes the id and builds the record key from it; a cluster wants
   every key a script touches in ``KEYS``, so the API proposes the id and
-  declares its record key (``create_proposed.lua``; ``sharding.store``,
-  "Ids"). One round trip either way, two on a cluster when a proposal is
+  declares its record key (``create_proposed.lua``; ``sharding.ids``).
+  One round trip either way, two on a cluster when a proposal is
   refused;
 * the node a shard's writes go to, for ``WAIT`` on the connection of the
   write (redis-py's cluster client sends ``WAIT`` to a node of its own choosing), and what

@@ -24,7 +24,7 @@ import redis
 import requests
 
 from sharding.embedded_redis import redis_server_binary, server_command
-from sharding.store import ID_EPOCH_UNITS
+from sharding.ids import ID_EPOCH_UNITS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -120,7 +120,7 @@ def redis_micros(client):
 
 
 def clock_units(client):
-    """``client``'s Redis clock in id units (100 us since ``sharding.store.ID_EPOCH_UNITS``)."""
+    """``client``'s Redis clock in id units (100 us since ``sharding.ids.ID_EPOCH_UNITS``)."""
     return redis_micros(client) // 100 - ID_EPOCH_UNITS
 
 

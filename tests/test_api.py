@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from sharding.store import home_shard
+from sharding.ids import home_shard
 
 RFC3339_UTC = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?Z$")
 MAX_BODY = 64 * 1024

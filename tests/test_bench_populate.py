@@ -4,7 +4,8 @@ Redis Cluster: the product's create scripts pipelined, records as the product's 
 import pytest
 
 from bench.run import HOOK_URL, POPULATE_BATCH, populate, populate_equivalence
-from sharding.store import TimerStore, home_shard
+from sharding.ids import home_shard
+from sharding.store import TimerStore
 from tests.harness import empty_cluster
 
 SHARDS = 4

@@ -1,6 +1,6 @@
 """The service on a real Redis Cluster (3 masters + 3 replicas, ``sharding.local_cluster``):
 the contract's core cases, a burst of 400 timers, the spread of shards over masters, and
-the ids of cluster creates (unique, time-ordered, proposed by the API: ``sharding.store``).
+the ids of cluster creates (unique, time-ordered, proposed by the API: ``sharding.ids``).
 
 One service on the session's cluster serves every test of this module (each looks only at
 its own timers; the id tests use a store in this process on the same shards); tests that
@@ -15,14 +15,9 @@ import time
 import pytest
 import requests
 
-from sharding.store import (
-    ID_EPOCH_UNITS,
-    PROPOSAL_WINDOW_UNITS,
-    PROPOSED_IDS,
-    NotReplicated,
-    TimerStore,
-    home_shard,
-)
+from sharding.ids import ID_EPOCH_UNITS, PROPOSAL_WINDOW_UNITS, PROPOSED_IDS, home_shard
+from sharding.shard import NotReplicated
+from sharding.store import TimerStore
 from sharding.topology import TAGS_KEY
 from tests.harness import (
     Service,
@@ -165,7 +160,7 @@ def test_each_master_holds_the_keys_of_two_shards(on_cluster, redis_cluster, rec
     assert set().union(*per_master.values()) == set(range(SHARDS))
 
 
-# Ids on a cluster (sharding.store, "Ids"): the store in this process, on the same shards.
+# Ids on a cluster (sharding.ids): the store in this process, on the same shards.
 
 @pytest.fixture
 def cluster_store(redis_cluster):
@@ -177,7 +172,7 @@ def cluster_store(redis_cluster):
 
 
 def _proposals(store):
-    return sum((store.shard(i).id_proposals for i in range(SHARDS)), collections.Counter())
+    return sum((store.shard(i).id_proposals.counts for i in range(SHARDS)), collections.Counter())
 
 
 def _create_many_on_cluster(url, count, results):
@@ -300,9 +295,9 @@ def test_a_refused_proposal_is_stored_under_the_reserved_id_and_the_offset_learn
     shard = cluster_store.shard(5)
     cluster_store.create("https://x.test/h", 600_000, 5)
     # As if the shard's clock had stepped back by 1 s: every proposal is above it.
-    shard._clock_offset += 10 ** 9
+    shard.id_proposals._offset += 10 ** 9
     timer_id, record, _ = cluster_store.create("https://x.test/h", 600_000, 5)
-    assert shard.id_proposals["refused"] == 1
+    assert shard.id_proposals.counts["refused"] == 1
     assert cluster_store.get(timer_id)[0] == record
     assert cluster_store.create("https://x.test/h", 600_000, 5)[0] > timer_id
 
@@ -316,9 +311,9 @@ def test_on_a_cluster_wait_follows_the_write_that_stored_the_timer(redis_cluster
     for wanted, store in stores.items():
         shard = store.shard(1)
         for refused in (False, True, False):
-            if refused and shard._clock_offset is not None:
-                shard._clock_offset += 10 ** 9
-            before = collections.Counter(shard.id_proposals)
+            if refused and shard.id_proposals._offset is not None:
+                shard.id_proposals._offset += 10 ** 9
+            before = collections.Counter(shard.id_proposals.counts)
             try:
                 timer_id, _, _ = store.create("https://x.test/h", 600_000, 1)
                 assert wanted == 1
@@ -326,5 +321,5 @@ def test_on_a_cluster_wait_follows_the_write_that_stored_the_timer(redis_cluster
                 assert wanted == 2 and str(exc).startswith("1 of 2 replicas"), exc
                 timer_id = exc.timer_id
             assert store.get(timer_id)[0]["status"] == "scheduled"
-            assert sum((shard.id_proposals - before).values()) == 1
-        assert shard.id_proposals["unproposed"] == 1 and shard.id_proposals["refused"] >= 1
+            assert sum((shard.id_proposals.counts - before).values()) == 1
+        assert shard.id_proposals.counts["unproposed"] == 1 and shard.id_proposals.counts["refused"] >= 1

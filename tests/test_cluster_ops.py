@@ -14,7 +14,8 @@ import time
 
 import requests
 
-from sharding.store import TimerStore, home_shard
+from sharding.ids import home_shard
+from sharding.store import TimerStore
 from sharding.topology import TAGS_KEY
 from tests.harness import ROOT, Service, clean_environ, consumers_ready, json_lines, wait_until
 from tests.test_delivery import fire_at_epoch, settled

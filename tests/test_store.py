@@ -4,18 +4,10 @@ import time
 
 import pytest
 
+from sharding.ids import ID_EPOCH_UNITS, home_shard
 from sharding.queues import timers_of
-from sharding.store import (
-    ID_EPOCH_UNITS,
-    QUEUED_MESSAGES_PER_CONSUMER,
-    BeyondMaxDelay,
-    Finish,
-    Payload,
-    RetryLimits,
-    TimerStore,
-    home_shard,
-    now_ms,
-)
+from sharding.records import Finish, Payload, RetryLimits
+from sharding.store import QUEUED_MESSAGES_PER_CONSUMER, BeyondMaxDelay, TimerStore, now_ms
 from tests.harness import clock_units, in_forked_children, one_ms_later
 
 LIMITS = RetryLimits(max_attempts=10, max_seconds=86_400)

@@ -25,8 +25,9 @@ from api.validation import (
 from sharding import config
 from sharding.balancer import LeastBusy, NoShardAvailable
 from sharding.config import DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_MAX_RETRY_SECONDS, ConfigError
+from sharding.ids import home_shard
 from sharding.queues import MAX_TIMERS_PER_MESSAGE, message_for, timers_of
-from sharding.store import Payload, home_shard
+from sharding.records import Payload
 from tests.harness import ROOT
 from workers.delivery import (
     backoff_ceiling_s,
@@ -533,7 +534,7 @@ def test_parse_create_non_object_body_rejected(body):
     assert info.value.description
 
 
-# --- sharding.store.home_shard ----------------------------------------------------------------------
+# --- sharding.ids.home_shard ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("timer_id", "shard"), [
     (1000, 0), (1001, 1), (1003, 3), (2000, 0), (123_999, 999), (5_000_042, 42), (7, 7),

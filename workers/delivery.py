@@ -30,7 +30,7 @@ from standardwebhooks.webhooks import Webhook
 
 from sharding import config
 from sharding.config import SERVICE_NAME, VERSION
-from sharding.store import RETRY_FLOOR_MS
+from sharding.records import RETRY_FLOOR_MS
 from workers.deadline import Watchdog
 from workers.ssrf import DeniedDestination, guarded_adapter
 
@@ -248,7 +248,7 @@ class Sender:
         """POST to ``webhook_url(base_url, timer_id)`` an empty body, or ``payload``'s.
 
         Args:
-            payload: ``sharding.store.Payload`` or None: its body (UTF-8), its
+            payload: ``sharding.records.Payload`` or None: its body (UTF-8), its
                 ``Content-Type`` and its headers (added to the standard ones;
                 the API refused any that the service sets) go with the attempt.
         Returns:

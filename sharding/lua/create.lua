@@ -6,7 +6,7 @@
 -- (nothing stored).
 -- One round trip on one Redis server: the id is made here and the record key
 -- built from it, a key not in KEYS, which a Redis Cluster refuses; there the
--- service runs create_proposed.lua (sharding.store, "Ids").
+-- service runs create_proposed.lua (sharding.ids).
 --! include now
 --! include fire_time
 --! include next_id

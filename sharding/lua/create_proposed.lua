@@ -1,8 +1,9 @@
 -- KEYS: the shard's id counter, due, then the record key of each proposed id. ARGV:
 -- shard index, id epoch (100 microsecond units), the first proposed n ('': none), the
--- window T (100 microsecond units), url, delay ms, request id, fire time epoch ms ('':
--- now + delay), the longest delay ms allowed ('': no check), then field/value pairs.
--- The Redis Cluster create in one round trip (sharding.store, "Ids"): the client
+-- window T (100 microsecond units), url, delay ms, request id, then optionally: fire
+-- time epoch ms ('' or absent: now + delay), the longest delay ms allowed ('' or absent:
+-- no check), and field/value pairs for the record.
+-- The Redis Cluster create in one round trip (sharding.ids): the client
 -- proposes the ids n, n + T + 1, n + 2 (T + 1), ... (one per record key in KEYS), so the
 -- record key of the id taken is declared. At most one of them lies in [clock - T, clock]
 -- (the clock in units since the id epoch); if one does and is above the counter, the
