@@ -33,16 +33,14 @@ def register(client, *names):
 
 
 def run_once(client, script, keys, args):
-    """``EVALSHA`` of ``script`` on one connection of ``client``'s pool, sent once, never again.
+    """``EVALSHA`` of ``script`` on one connection of ``client``'s pool, sent once.
 
-    redis-py's ``Redis.execute_command`` sends a command again after a
-    connection error or a timeout (its default ``Retry``: 3 more times), and a
-    create that ran before its reply was lost would then store a second
-    timer; it also costs about 20 us of CPU per call around the round trip
-    (docs/BENCHMARKS.md, "Create path"). This takes a connection from the
-    pool, sends, reads and gives it back; redis-py's ``Connection`` closes
-    itself on any error but an error reply, so no stale reply is left for the
-    connection's next user.
+    What ``client.evalsha`` does, without the ~20 us of CPU that redis-py's
+    ``Redis.execute_command`` spends around the round trip (its retry wrapper,
+    event dispatch and observability hooks; docs/BENCHMARKS.md, "Create path").
+    It never sends the script again: a create whose reply was lost may have
+    stored its timer. redis-py's ``Connection`` closes itself on any error but
+    an error reply, so no stale reply is left for its next user.
 
     Args:
         client: a ``redis.Redis`` of the server that holds ``keys``.

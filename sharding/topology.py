@@ -156,6 +156,8 @@ class Cluster:
         self.url = url
         self.control = _Connecting(lambda: redis.cluster.RedisCluster.from_url(url, **_TIMEOUTS))
         self._tags = {}
+        # Key -> plain client of the master of its slot (on_node).
+        self._masters = {}
         self._ready = None
 
     def shard_client(self, index):
@@ -221,19 +223,25 @@ class Cluster:
     def on_node(self, client, key, work):
         """``work(plain client)`` on the master of ``key``'s slot; re-routed after a redirect.
 
-        Used for writes that must share one connection with a ``WAIT``. A
-        ``MOVED`` (the slot moved), ``ASK``/``TRYAGAIN`` (it is moving) or
-        ``CLUSTERDOWN`` (a failover is under way) re-reads the slot map and
-        tries again; the last error propagates. A connection error re-reads
-        the slot map and propagates at once.
+        Used for writes that must share one connection with a ``WAIT``, and for
+        the create, which runs on every request: the master's client is kept
+        per key, found again from the slot map after a redirect or a connection
+        error. A ``MOVED`` (the slot moved, or the node became a replica),
+        ``ASK``/``TRYAGAIN`` (it is moving) or ``CLUSTERDOWN`` (a failover is
+        under way) re-reads the slot map and tries again; the last error
+        propagates. A connection error re-reads the slot map and propagates at once.
         """
         attempt = 0
         while True:
-            node = self.control.get_node_from_key(key)
+            node = self._masters.get(key)
+            if node is None:
+                node = self._masters[key] = self.control.get_redis_connection(
+                    self.control.get_node_from_key(key))
             try:
-                return work(self.control.get_redis_connection(node))
+                return work(node)
             except _REDIRECTS:
                 # Refused before it ran: safe to send again.
+                self._masters.clear()
                 if attempt == _REDIRECT_RETRIES:
                     raise
                 self._reload_slots()
@@ -242,6 +250,7 @@ class Cluster:
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 # The write may have run: never resent (a create would make a second
                 # timer). The next request finds the promoted replica.
+                self._masters.clear()
                 self._reload_slots()
                 raise
 

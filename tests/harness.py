@@ -189,6 +189,51 @@ def _pings(client):
         return False
 
 
+class ReplyDropper:
+    """A TCP proxy on a free 127.0.0.1 port in front of ``port``: forwards both ways
+    until :meth:`drop_next_reply` is called, then closes the client's connection at
+    the next data the server sends back, without passing it on (a reply lost after
+    the command ran: a network cut, a timeout)."""
+
+    def __init__(self, port):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._upstream = port
+        self._drop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_next_reply(self):
+        """Lose the next reply that comes back, and close its connection."""
+        self._drop.set()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source, target, replies):
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if replies and self._drop.is_set():
+                    self._drop.clear()
+                    break
+                target.sendall(data)
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self):
+        """Stop accepting connections."""
+        self._listener.close()
+
+
 class _ReceiverServer(http.server.ThreadingHTTPServer):
     # A deep listen backlog: a burst of webhooks must not wait for SYN retries.
     request_queue_size = 1024

@@ -3,12 +3,13 @@
 import time
 
 import pytest
+import redis
 
 from sharding.ids import ID_EPOCH_UNITS, home_shard
 from sharding.queues import timers_of
 from sharding.records import Finish, Payload, RetryLimits
 from sharding.store import QUEUED_MESSAGES_PER_CONSUMER, BeyondMaxDelay, TimerStore, now_ms
-from tests.harness import clock_units, in_forked_children, one_ms_later
+from tests.harness import ReplyDropper, clock_units, in_forked_children, one_ms_later
 
 LIMITS = RetryLimits(max_attempts=10, max_seconds=86_400)
 
@@ -39,6 +40,24 @@ def test_a_create_after_the_server_lost_its_scripts_loads_it_and_stores_one_time
     assert record["status"] == "scheduled"
     assert redis_client.zrange("due:{t1}", 0, -1) == [str(first).encode(), str(second).encode()]
     assert store.get(second)[0]["url"] == "https://x.test/h"
+
+
+def test_a_create_whose_reply_is_lost_is_not_sent_again(store, redis_server, redis_client):
+    # A create sent again after its reply was lost would store a second timer, unknown to
+    # the client, that fires too: the error goes up instead (the API answers 503).
+    proxy = ReplyDropper(redis_server.port)
+    try:
+        through_proxy = TimerStore(proxy.url)
+        first, _, _ = through_proxy.create("https://x.test/h", 60_000, 1)
+        proxy.drop_next_reply()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            through_proxy.create("https://x.test/h", 60_000, 1)
+        # The script ran once: one more timer, not two; and the next create works.
+        assert redis_client.zcard("due:{t1}") == 2
+        third, _, _ = through_proxy.create("https://x.test/h", 60_000, 1)
+        assert redis_client.zcard("due:{t1}") == 3 and third > first
+    finally:
+        proxy.close()
 
 
 def _create_many(url, count, shards, results):
