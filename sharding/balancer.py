@@ -4,6 +4,10 @@ The depth of a shard is scheduled + queued + in flight. Depths come from a
 snapshot that is refreshed at most every ``refresh_s`` seconds (one pipelined
 read per connection), never per request. Between refreshes each choice
 counts itself into the snapshot, and ties rotate, so a burst spreads evenly.
+One caller at a time refreshes the snapshot, outside the lock: the others
+choose from the one they have meanwhile, so a server that hangs (a master
+stopped, not down) delays only the refresh, never the creates on the other
+shards.
 
 A shard whose depth could not be read, or whose create just failed
 (:meth:`LeastBusy.failed`), is skipped for ``down_s`` seconds: while one
@@ -43,6 +47,7 @@ class LeastBusy:
         self._clock = clock
         self._depths = None
         self._read_at = 0.0
+        self._refreshing = False
         self._down_until = {}
         # Processes start their rotation at different places so that several
         # gunicorn workers do not all send their first timer to shard 0.
@@ -54,11 +59,21 @@ class LeastBusy:
 
         Raises:
             NoShardAvailable: no shard is available.
+            REDIS_ERRORS, or what ``read_depths`` raised: the first snapshot could not be read.
         """
+        now = self._clock()
+        if self._depths is not None and now - self._read_at >= self._refresh_s and self._take_refresh():
+            try:
+                read = self._read_snapshot(now)
+            finally:
+                with self._lock:
+                    self._refreshing = False
+            with self._lock:
+                self._install(read, now)
         with self._lock:
-            now = self._clock()
-            if self._depths is None or now - self._read_at >= self._refresh_s:
-                self._refresh(now)
+            if self._depths is None:
+                # Nothing to choose from yet: the first callers wait for the first read.
+                self._install(self._read_snapshot(now), now)
             # The lowest depth and its ties in one pass: this runs on every create.
             depths, down = self._depths, self._down_until
             lowest, ties = None, []
@@ -76,23 +91,39 @@ class LeastBusy:
             depths[choice] += 1
             return choice
 
-    def _refresh(self, now):
+    def _take_refresh(self):
+        """True for the one caller that is to refresh the stale snapshot now."""
+        with self._lock:
+            if self._refreshing:
+                return False
+            self._refreshing = True
+            return True
+
+    def _read_snapshot(self, now):
+        """(depth per shard or None, the indexes whose read failed), read without the lock."""
         # Shards that are down are not read until their time is up (a dead host
         # may take a connect timeout to refuse).
         wanted = [i for i in range(self._count) if self._down_until.get(i, 0.0) <= now]
         try:
             read = dict(zip(wanted, self._read(wanted), strict=True)) if wanted else {}
         except REDIS_ERRORS:
-            read = {i: self._read_one(i, now) for i in wanted}
-        self._depths = [None if read.get(i) is None else sum(read[i]) for i in range(self._count)]
-        self._read_at = now
+            read = {i: self._read_one(i) for i in wanted}
+        depths = [None if read.get(i) is None else sum(read[i]) for i in range(self._count)]
+        return depths, [i for i in wanted if read.get(i) is None]
 
-    def _read_one(self, index, now):
+    def _read_one(self, index):
         try:
             return self._read([index])[0]
         except REDIS_ERRORS:
-            self._down_until[index] = now + self._down_s
             return None
+
+    def _install(self, read, now):
+        """Make ``read`` (:meth:`_read_snapshot`) the snapshot; its failed shards go down (under the lock)."""
+        depths, failed = read
+        for index in failed:
+            self._down_until[index] = now + self._down_s
+        self._depths = depths
+        self._read_at = now
 
     def failed(self, index):
         """Leave shard ``index`` out of choices for ``down_s`` seconds (its create just failed)."""

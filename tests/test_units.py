@@ -7,6 +7,7 @@ import email.utils
 import itertools
 import os
 import random
+import threading
 
 import falcon
 import pytest
@@ -319,6 +320,43 @@ def test_least_busy_refresh_error_propagates():
     balancer = LeastBusy(broken, 4, clock=FakeClock())
     with pytest.raises(ConnectionError):
         balancer.choose()
+
+
+class HangingDepths(FakeDepths):
+    """FakeDepths whose reads after the first wait for ``resume`` (a master stopped, not down)."""
+
+    def __init__(self, depths):
+        super().__init__(depths)
+        self.resume = threading.Event()
+        self.hanging = threading.Event()
+
+    def __call__(self, indexes):
+        if self.calls:
+            self.hanging.set()
+            self.resume.wait()
+        return super().__call__(indexes)
+
+
+def test_least_busy_chooses_from_the_snapshot_while_another_caller_refreshes_it():
+    read = HangingDepths([(0, 0, 0), (5, 0, 0)])
+    clock = FakeClock()
+    balancer = LeastBusy(read, 2, refresh_s=0.25, clock=clock)
+    assert balancer.choose() == 0
+    clock.now += 0.25
+    refresher = threading.Thread(target=balancer.choose, daemon=True)
+    refresher.start()
+    assert read.hanging.wait(10)
+    # The refresher waits on its read; this choice must not wait for it.
+    other = []
+    chooser = threading.Thread(target=lambda: other.append(balancer.choose()), daemon=True)
+    chooser.start()
+    chooser.join(10)
+    hung = not other
+    read.resume.set()
+    refresher.join(10)
+    chooser.join(10)
+    assert not hung, "a choice waited for another caller's refresh"
+    assert other == [0] and len(read.calls) == 2
 
 
 class FlakyDepths(FakeDepths):
