@@ -146,7 +146,8 @@ def load():
         Settings.
     Raises:
         ConfigError: a variable is set to a value outside its documented range,
-            or both ``REDIS_URL`` and ``REDIS_CLUSTER_URL`` are set.
+            both ``REDIS_URL`` and ``REDIS_CLUSTER_URL`` are set, or
+            ``TIMER_REDIS_WAIT_REPLICAS`` asks for replicas of the embedded Redis.
     """
     redis_url = os.environ.get("REDIS_URL", "").strip() or None
     cluster_url = os.environ.get("REDIS_CLUSTER_URL", "").strip() or None
@@ -155,12 +156,17 @@ def load():
                           "(REDIS_URL: one Redis server, REDIS_CLUSTER_URL: a node of a Redis Cluster)")
     if cluster_url and not cluster_url.startswith(("redis://", "rediss://")):
         raise ConfigError(f"REDIS_CLUSTER_URL must be a redis:// or rediss:// URL, not {cluster_url!r}")
+    wait_replicas = _int_env("TIMER_REDIS_WAIT_REPLICAS", 0, 0)
+    if wait_replicas and not (redis_url or cluster_url):
+        # The embedded Redis has no replicas: every create would wait 1 s, answer 503 and still fire.
+        raise ConfigError(f"TIMER_REDIS_WAIT_REPLICAS={wait_replicas} needs REDIS_URL or REDIS_CLUSTER_URL "
+                          "(a server with replicas); the embedded Redis has none")
     return Settings(
         host=os.environ.get("HOST", "").strip() or "127.0.0.1",
         port=_int_env("PORT", 8000, 1, 65535),
         redis_url=redis_url,
         redis_cluster_url=cluster_url,
-        wait_replicas=_int_env("TIMER_REDIS_WAIT_REPLICAS", 0, 0),
+        wait_replicas=wait_replicas,
         data_dir=data_dir(),
         shards=_int_env("TIMER_SHARDS", 4, 1, 999),
         workers_per_shard=_int_env("TIMER_WORKERS_PER_SHARD", 2, 1),

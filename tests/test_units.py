@@ -409,6 +409,7 @@ def test_least_busy_with_every_shard_down_raises_no_shard_available():
     ({"REDIS_URL": "redis://a:6379", "REDIS_CLUSTER_URL": "redis://b:6379"}, "are both set"),
     ({"REDIS_CLUSTER_URL": "unix:///tmp/r.sock"}, "must be a redis:// or rediss:// URL"),
     ({"TIMER_REDIS_WAIT_REPLICAS": "-1"}, "TIMER_REDIS_WAIT_REPLICAS=-1 must be >= 0"),
+    ({"TIMER_REDIS_WAIT_REPLICAS": "1"}, "TIMER_REDIS_WAIT_REPLICAS=1 needs REDIS_URL or REDIS_CLUSTER_URL"),
 ])
 def test_cluster_settings_refused(monkeypatch, env, message):
     for name in ("REDIS_URL", "REDIS_CLUSTER_URL"):
