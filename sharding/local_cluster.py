@@ -76,8 +76,11 @@ class LocalCluster:
                    "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
                    "--daemonize", "no", "--loglevel", "warning"]
         log_file = open(os.path.join(self.node_dir(port), "redis.log"), "ab")
+        # A session of its own (a terminal's Ctrl-C reaches this process, which drains the
+        # nodes first), yet never left running after a kill -9 of this process.
         self.processes[port] = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+                                                start_new_session=True,
+                                                preexec_fn=service_process.die_with_parent)
         log_file.close()
 
     def start(self, timeout_s=60):

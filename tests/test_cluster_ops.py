@@ -12,12 +12,21 @@ import sys
 import threading
 import time
 
+import redis
 import requests
 
 from sharding.ids import home_shard
 from sharding.store import TimerStore
 from sharding.topology import TAGS_KEY
-from tests.harness import ROOT, Service, clean_environ, consumers_ready, json_lines, wait_until
+from tests.harness import (
+    ROOT,
+    Service,
+    clean_environ,
+    consumers_ready,
+    free_cluster_port,
+    json_lines,
+    wait_until,
+)
 from tests.test_delivery import fire_at_epoch, settled
 
 SIX = {"TIMER_SHARDS": "6", "TIMER_WORKERS_PER_SHARD": "1"}
@@ -255,3 +264,32 @@ def test_kill_9_of_a_master_during_creates_every_acknowledged_timer_fires(
         f"replica promoted after {promoted_at - killed_at:.1f} s, creates back on every shard after "
         f"{recovered_at - killed_at:.1f} s (old master restarted as replica at promotion)")
     assert len(webhooks) == len(acknowledged)
+
+
+def test_kill_9_of_the_local_cluster_process_stops_its_nodes(tmp_path):
+    # make run-cluster's supervisor: its nodes run in sessions of their own, and a new
+    # user found all six left running (and the next start fighting them for the ports).
+    port = free_cluster_port()
+    ports = range(port, port + 6)
+    env = {**clean_environ(), "TIMER_DATA_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "sharding.local_cluster", "--dir", str(tmp_path / "c"),
+               "--port", str(port)]
+    supervisor = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: all(_answers(p) for p in ports), timeout=60, message="the six nodes to answer")
+        supervisor.kill()
+        supervisor.wait(10)
+        wait_until(lambda: not any(_answers(p) for p in ports), timeout=30, message="the nodes to stop")
+    finally:
+        supervisor.kill()
+        for p in ports:
+            if _answers(p):
+                redis.Redis(port=p).shutdown(nosave=True)
+
+
+def _answers(port):
+    try:
+        return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1).ping()
+    except redis.exceptions.RedisError:
+        return False
