@@ -63,13 +63,14 @@ class LeastBusy:
         """
         now = self._clock()
         if self._depths is not None and now - self._read_at >= self._refresh_s and self._take_refresh():
+            read = None
             try:
                 read = self._read_snapshot(now)
             finally:
                 with self._lock:
                     self._refreshing = False
-            with self._lock:
-                self._install(read, now)
+                    if read is not None:
+                        self._install(read, now)
         with self._lock:
             if self._depths is None:
                 # Nothing to choose from yet: the first callers wait for the first read.

@@ -6,6 +6,9 @@ from sharding import ids, queues, records, scripts
 
 # How long a create waits for TIMER_REDIS_WAIT_REPLICAS replicas before 503.
 WAIT_TIMEOUT_MS = 1000
+# The create scripts' fixed arguments, encoded once (redis-py passes bytes through as they are).
+_EPOCH_ARG = str(ids.ID_EPOCH_UNITS).encode()
+_WINDOW_ARG = str(ids.PROPOSAL_WINDOW_UNITS).encode()
 
 
 class NotReplicated(redis.exceptions.RedisError):
@@ -62,14 +65,12 @@ class Shard:
         # in KEYS, so this process proposes the id (``sharding.ids``).
         self._create_with = self._create_proposed if topology.declared_keys_only else self._create_in_one
         self.id_proposals = ids.IdProposals(index, self._record_prefix)
-        # Fixed script arguments, encoded once (redis-py passes bytes through as they are).
+        # Encoded once (redis-py passes bytes through as they are).
         self._index_arg = str(index).encode()
-        self._epoch_arg = str(ids.ID_EPOCH_UNITS).encode()
-        self._window_arg = str(ids.PROPOSAL_WINDOW_UNITS).encode()
 
     def _create_args(self, timer):
         url, delay_ms, request_id, at_ms, max_delay_ms, fields = timer
-        args = [self._record_prefix, self._index_arg, url, delay_ms, request_id, self._epoch_arg]
+        args = [self._record_prefix, self._index_arg, url, delay_ms, request_id, _EPOCH_ARG]
         if at_ms is not None or fields:
             args += [scripts.optional(at_ms), scripts.optional(max_delay_ms), *fields]
         return args
@@ -90,7 +91,7 @@ class Shard:
         proposals = self.id_proposals
         first, record_keys = proposals.propose()
         keys = [self.seq_key, self.due_key, *record_keys]
-        args = [self._index_arg, self._epoch_arg, scripts.optional(first), self._window_arg, url, delay_ms,
+        args = [self._index_arg, _EPOCH_ARG, scripts.optional(first), _WINDOW_ARG, url, delay_ms,
                 request_id]
         if at_ms is not None or fields:
             args += [scripts.optional(at_ms), scripts.optional(max_delay_ms), *fields]
