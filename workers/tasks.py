@@ -38,7 +38,7 @@ from typing import NamedTuple
 from sharding import logs, metrics
 from sharding.ids import home_shard
 from sharding.queues import MAX_TIMERS_PER_MESSAGE
-from sharding.records import Finish
+from sharding.records import Claim, Finish
 from sharding.topology import REDIS_ERRORS
 from workers.delivery import Outcome, backoff_s
 
@@ -63,7 +63,7 @@ class Sent(NamedTuple):
 
     finish: Finish
     outcome: Outcome
-    claim: object  # sharding.records.Claim
+    claim: Claim
     late_s: float
 
 
@@ -71,7 +71,7 @@ class Waiting(NamedTuple):
     """A claimed timer waiting for a sender: its claim, the shard whose queue it came
     from, and when it was claimed (monotonic seconds)."""
 
-    claim: object  # sharding.records.Claim
+    claim: Claim
     queue_index: int
     claimed_at: float
 
